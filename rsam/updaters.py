@@ -1,0 +1,211 @@
+"""Sharpness-aware updaters behind one interface.
+
+An updater is a frozen dataclass called as
+
+    updater(loss_fn, params, model_state, batch, key, step) -> UpdateResult(loss, grads, model_state, aux)
+
+with ``loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))``: the mean loss of
+the batch, the model's non-trainable state after a training-mode forward pass (BatchNorm statistics) and
+a dict of scalar metrics (accuracy, ...). ``rng`` feeds dropout. ``grads`` is what the base optax
+optimizer receives; the updater never applies it, so any optax chain (SGD, momentum, RMSProp, AdamW,
+clipping, weight decay) composes with any updater.
+
+Conventions, shared by all updaters:
+- ``model_state`` and the reported ``loss``/metrics come from the FIRST pass only: at ``w`` for SAM/GSAM,
+  at ``w + δ0`` for R-SAM/R-GSAM/LPF-SGD (these never evaluate L at ``w``; ``clean_loss=True`` adds a
+  forward-only pass at ``w`` for monitoring, at the cost of a third forward).
+- One dropout key serves both passes of a step (as google-research/sam); the noise draws its own key.
+- Norms, inner products and perturbations are float32 (rsam/tree.py); ε = 1e-12 keeps a zero gradient
+  finite.
+- ``accum_steps`` splits the batch into that many interleaved micro-batches and sums their gradients
+  one after another (memory of one micro-batch). The ascent still uses the gradient of the WHOLE batch:
+  pass 1 accumulates it, the ascent is taken once, pass 2 accumulates the gradient at ``w_adv`` — the
+  exact large-batch update at the same two-pass cost.
+"""
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rsam import tree as T
+from rsam.noise import kernelwise_noise
+from rsam.schedules import ScalarOrSchedule, as_schedule
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree, PyTree, jax.Array], tuple]
+
+
+class UpdateResult(NamedTuple):
+  loss: jax.Array     # mean loss of the first pass
+  grads: PyTree       # gradient handed to the base optimizer
+  model_state: PyTree  # non-trainable state from the first pass
+  aux: dict           # loss_fn metrics of the first pass + the updater's diagnostics
+
+
+def split_batch(batch: PyTree, num: int, *, interleaved: bool) -> PyTree:
+  """[B, ...] -> [num, B/num, ...].
+
+  Interleaved (example i goes to part i mod num) keeps every part spread over all devices when the batch
+  is sharded on its leading axis; contiguous (part k = examples k·B/num ...) is used for m-sharpness
+  groups, so a group is the same set of examples however many devices run it.
+  """
+  def split(x):
+    b = x.shape[0]
+    if interleaved:
+      return jnp.swapaxes(x.reshape((b // num, num) + x.shape[1:]), 0, 1)
+    return x.reshape((num, b // num) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, num: int) -> PyTree:
+  """mean_k fn(parts[k], k), computed one part after another (lax.scan) so one part is live at a time."""
+  if num == 1:
+    return fn(jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
+  first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), first)
+
+  def body(total, xs):
+    part, k = xs
+    return jax.tree.map(lambda t, v: t + v, total, fn(part, k)), None
+
+  total, _ = jax.lax.scan(body, zeros, (parts, jnp.arange(num)))
+  return jax.tree.map(lambda t, s: (t / num).astype(s.dtype), total, first)
+
+
+def value_and_grad(loss_fn: LossFn, params, model_state, batch, rng, accum_steps: int = 1):
+  """(loss, grads, new_model_state, metrics) of ``loss_fn`` at ``params``, micro-batched if asked."""
+  def one(part, k):
+    part_rng = rng if accum_steps == 1 else jax.random.fold_in(rng, k)
+    (loss, (state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, model_state, part, part_rng)
+    return loss, T.to_f32(grads), state, metrics
+
+  parts = split_batch(batch, accum_steps, interleaved=True)
+  return mean_over_parts(one, parts, accum_steps)
+
+
+def mean_loss(loss_fn: LossFn, params, model_state, batch, rng, accum_steps: int = 1):
+  """Forward-only mean loss (monitoring)."""
+  def one(part, k):
+    part_rng = rng if accum_steps == 1 else jax.random.fold_in(rng, k)
+    return loss_fn(params, model_state, part, part_rng)[0]
+  return mean_over_parts(one, split_batch(batch, accum_steps, interleaved=True), accum_steps)
+
+
+def ascent_perturbation(params, direction, rho, *, adaptive: bool = False, eps: float = T.EPS):
+  """e = ρ · d / (‖d‖ + ε)   (SAM eq. 2; R-SAM eq. 7 with d = δ0 + λĝ).
+
+  Adaptive (ASAM, Kwon et al. 2021): e = ρ · T_w² d / (‖T_w d‖ + ε) with T_w = |w|.
+  """
+  if adaptive:
+    scaled = jax.tree.map(lambda w, d: jnp.abs(jnp.asarray(w, jnp.float32)) * d, params, direction)
+    n = T.norm(scaled)
+    return jax.tree.map(lambda w, s: rho * jnp.abs(jnp.asarray(w, jnp.float32)) * s / (n + eps),
+                        params, scaled)
+  n = T.norm(direction)
+  return jax.tree.map(lambda d: rho * jnp.asarray(d, jnp.float32) / (n + eps), direction)
+
+
+def surrogate_gap_descent(g, g_adv, alpha: float, eps: float = T.EPS):
+  """GSAM (Zhuang et al. 2022, Alg. 1): g_adv − α g_⊥ with g_⊥ = g − (⟨g, g_adv⟩ / ‖g_adv‖²) g_adv."""
+  coef = T.vdot(g, g_adv) / (T.vdot(g_adv, g_adv) + eps)
+  return jax.tree.map(lambda a, b: b - alpha * (a - coef * b), g, g_adv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plain:
+  """Plain gradient g = ∇L(w): the SGD / momentum / RMSProp / AdamW baselines (one pass)."""
+  accum_steps: int = 1
+
+  def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
+    loss, grads, state, metrics = value_and_grad(loss_fn, params, model_state, batch, key, self.accum_steps)
+    return UpdateResult(loss, grads, state, {**metrics, 'grad_norm': T.norm(grads)})
+
+
+@dataclasses.dataclass(frozen=True)
+class SharpnessAware:
+  """SAM, R-SAM, GSAM and R-GSAM: one ascent step, then the gradient at the ascent point.
+
+  With ĝ the first-pass gradient and ``step`` t:
+
+    R-SAM (paper Alg. 1, eq. 6–7), ``gamma`` set:
+      δ0 ~ kernel-wise N(0, (γ_t ‖w_j‖)²)          (rsam/noise.py)
+      ĝ = ∇L(w + δ0)
+      w_adv = w + ρ_t (δ0 + λ ĝ) / (‖δ0 + λ ĝ‖ + ε)   (eq. 7; λ multiplies the raw gradient, as the
+                                                     official code)
+    SAM (eq. 2–3), ``gamma=None``: ĝ = ∇L(w), w_adv = w + ρ_t ĝ / (‖ĝ‖ + ε).
+    Then g_adv = ∇L(w_adv) and the returned gradient is
+      g_adv                                          (SAM, R-SAM; eq. 3)
+      g_adv − α (ĝ − ⟨ĝ, g_adv⟩ g_adv / ‖g_adv‖²)       (GSAM, R-GSAM with ``alpha`` > 0)
+    R-GSAM (paper §4.5, no public code) is this direct composition: R-SAM's ascent, then GSAM's
+    decomposition of the first-pass gradient ĝ against g_adv.
+
+  Two forward-backward passes per step. ``adaptive`` gives ASAM's scale-invariant ascent.
+  ``gamma=0`` is SAM; ``alpha=0`` and a constant ρ is SAM.
+  """
+  rho: ScalarOrSchedule = 0.05
+  gamma: Optional[ScalarOrSchedule] = None
+  lam: float = 1.0
+  alpha: float = 0.0
+  adaptive: bool = False
+  clean_loss: bool = False
+  accum_steps: int = 1
+  eps: float = T.EPS
+
+  def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
+    step = jnp.asarray(step)
+    rho = as_schedule(self.rho)(step)
+    noise_key, dropout_key = jax.random.split(key)
+
+    def grad_at(w):
+      return value_and_grad(loss_fn, w, model_state, batch, dropout_key, self.accum_steps)
+
+    diagnostics = {'rho': jnp.asarray(rho, jnp.float32)}
+    if self.gamma is None:
+      loss, g_first, state, metrics = grad_at(params)
+      direction = g_first
+    else:
+      gamma = as_schedule(self.gamma)(step)
+      delta0 = kernelwise_noise(noise_key, params, gamma)
+      loss, g_first, state, metrics = grad_at(T.add_scaled(params, 1.0, delta0))
+      direction = jax.tree.map(lambda d, g: d + self.lam * g, delta0, g_first)
+      diagnostics.update(gamma=jnp.asarray(gamma, jnp.float32), noise_norm=T.norm(delta0))
+      if self.clean_loss:
+        diagnostics['loss_clean'] = mean_loss(loss_fn, params, model_state, batch, dropout_key,
+                                              self.accum_steps)
+
+    e = ascent_perturbation(params, direction, rho, adaptive=self.adaptive, eps=self.eps)
+    _, g_adv, _, _ = grad_at(T.add_scaled(params, 1.0, e))
+    grads = surrogate_gap_descent(g_first, g_adv, self.alpha, self.eps) if self.alpha else g_adv
+
+    diagnostics.update(grad_norm=T.norm(g_first), descent_grad_norm=T.norm(g_adv),
+                       cos_ascent_descent=T.cosine(g_first, g_adv, self.eps))
+    return UpdateResult(loss, grads, state, {**metrics, **diagnostics})
+
+
+@dataclasses.dataclass(frozen=True)
+class LPFSGD:
+  """LPF-SGD (Bisla et al. 2022): descend along the Monte-Carlo smoothed gradient.
+
+    g = (1/M) Σ_k ∇L_k(w + δ_k),  δ_k kernel-wise N(0, (γ_t ‖w_j‖)²) as R-SAM's δ0,
+
+  where the batch is split into M interleaved chunks L_k, each with its own noise draw. One pass in all.
+  """
+  gamma: ScalarOrSchedule = 0.002
+  num_samples: int = 1
+
+  def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
+    gamma = as_schedule(self.gamma)(jnp.asarray(step))
+    noise_key, dropout_key = jax.random.split(key)
+
+    def one(chunk, k):
+      delta = kernelwise_noise(jax.random.fold_in(noise_key, k), params, gamma)
+      result = value_and_grad(loss_fn, T.add_scaled(params, 1.0, delta), model_state, chunk,
+                              jax.random.fold_in(dropout_key, k))
+      return result + (T.norm(delta),)
+
+    chunks = split_batch(batch, self.num_samples, interleaved=True)
+    loss, grads, state, metrics, noise_norm = mean_over_parts(one, chunks, self.num_samples)
+    return UpdateResult(loss, grads, state, {**metrics, 'gamma': jnp.asarray(gamma, jnp.float32),
+                                             'noise_norm': noise_norm, 'grad_norm': T.norm(grads)})
