@@ -26,14 +26,15 @@ from rsam.msharpness import PerGroup
 from rsam.schedules import cosine_increase, lr_tied_rho
 from rsam.updaters import LPFSGD, Plain, SharpnessAware
 
-_SAM = dict(rho=0.05, rho_schedule='constant', m=None)
-_LR_TIED = dict(rho_schedule='lr_tied', rho_warmup_steps=0, m=None)
+# ``rho`` is used with rho_schedule='constant'; rho_max, rho_min, rho_warmup_steps with 'lr_tied'.
+_SAM = dict(rho=0.05, rho_schedule='constant', rho_max=0.05, rho_min=0.05, rho_warmup_steps=0, m=None)
+_LR_TIED = dict(_SAM, rho_schedule='lr_tied')
 _NOISE = dict(lam=2.0, gamma=5e-4, gamma_growth=5.0, clean_loss=False)
 
 DEFAULTS = {
     'plain': dict(),
     'sam': dict(_SAM, adaptive=False),
-    'asam': dict(_SAM, rho=2.0, adaptive=True),
+    'asam': dict(_SAM, rho=2.0, rho_max=2.0, rho_min=2.0, adaptive=True),
     'rsam': dict(_LR_TIED, rho_max=2.5, rho_min=1.5, rho_warmup_steps=10_000, **_NOISE),
     'gsam': dict(_LR_TIED, rho_max=0.6, rho_min=0.2, alpha=0.4),
     'rgsam': dict(_LR_TIED, rho_max=0.6, rho_min=0.2, alpha=0.4, **_NOISE),
