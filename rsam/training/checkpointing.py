@@ -10,7 +10,9 @@ import logging
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from etils import epath
 
 from rsam.errors import ConfigError
@@ -30,6 +32,9 @@ class Checkpointer:
             enable_async_checkpointing=asynchronous))
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves if the cadence says so (or ``force``); a step already on disk is left as it is."""
+    if force and self.manager.latest_step() == step:
+      return False
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def restore_latest(self, target: Any) -> Optional[tuple[int, Any]]:
@@ -50,6 +55,21 @@ class Checkpointer:
                             f'folder away to start from scratch')
     return None
 
+  def restore(self, step: Optional[int], target: Any) -> tuple[int, Any]:
+    """(step, state) of checkpoint ``step`` (None: the newest intact one); never renames anything."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f'no checkpoint in {self.directory}; train first or point --workdir at a run')
+    if step is not None and step not in steps:
+      raise CheckpointError(f'no checkpoint of step {step} in {self.directory}; available: {sorted(steps)}')
+    for candidate in [step] if step is not None else steps:
+      try:
+        return candidate, self.manager.restore(candidate, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # a damaged checkpoint: try the one before when no step was asked for
+        error = e
+    raise CheckpointError(f'checkpoint {candidate} in {self.directory} does not restore '
+                          f'({type(error).__name__}); choose another --step')
+
   def _set_aside(self, step: int) -> str:
     src = os.fspath(self.directory / str(step))
     dst = src + '.damaged'
@@ -57,7 +77,9 @@ class Checkpointer:
     while os.path.exists(dst):
       suffix += 1
       dst = f'{src}.damaged{suffix}'
-    os.rename(src, dst)
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self.manager.reload()
     return dst
 

@@ -1,4 +1,5 @@
 """The training loop behind ``train.py``: ``train_and_evaluate(config, workdir)``."""
+import dataclasses
 import json
 import os
 import platform
@@ -72,6 +73,39 @@ def make_train_step(config, model, updater, tx, num_classes: int):
   return train_step
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a config builds: the model, base optimizer, lr schedule, updater and the initial state."""
+  model: Any
+  tx: Any
+  schedule: Any
+  updater: Any
+  total_steps: int
+  num_classes: int
+  init_state: Any  # () -> replicated state {'step', 'params', 'model_state', 'opt_state'}
+
+
+def build(config, mesh: Mesh) -> Run:
+  num_devices = mesh.devices.size
+  num_classes = data.num_classes(config.data)
+  total_steps = config_check.total_steps(config)
+  schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total_steps)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
+                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
+                              accum_steps=config.grad_accum_steps,
+                              per_device_batch=config.batch_size // num_devices)
+  model = build_model(config, num_classes)
+
+  def init_state():
+    params, model_state = init_variables(model, config, data.image_shape(config.data))
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'model_state': model_state,
+            'opt_state': tx.init(params)}
+
+  init = jax.jit(init_state, out_shardings=NamedSharding(mesh, P()))
+  return Run(model, tx, schedule, updater, total_steps, num_classes, init)
+
+
 def _install_sigterm_flag():
   received = {'sigterm': False}
 
@@ -100,25 +134,11 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   config_check.check_workdir(config, workdir, force=force_resume)
 
-  num_classes = data.num_classes(config.data)
-  total_steps = config_check.total_steps(config)
-  schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total_steps)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  per_device_batch = config.batch_size // num_devices
-  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
-                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
-                              accum_steps=config.grad_accum_steps, per_device_batch=per_device_batch)
-  model = build_model(config, num_classes)
-
+  run = build(config, mesh)
+  model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
-
-  def init_state():
-    params, model_state = init_variables(model, config, data.image_shape(config.data))
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'model_state': model_state,
-            'opt_state': tx.init(params)}
-
-  state = jax.jit(init_state, out_shardings=replicated)()
+  state = run.init_state()
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                     max_to_keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(state)
@@ -128,7 +148,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   if restored is not None:
     print(f'resumed from step {start_step} in {workdir}', flush=True)
 
-  train_step = jax.jit(make_train_step(config, model, updater, tx, num_classes),
+  train_step = jax.jit(make_train_step(config, model, run.updater, tx, run.num_classes),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
   eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),

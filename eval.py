@@ -1,0 +1,68 @@
+r"""Evaluates a checkpoint of a train.py run on the config's eval sets (or those given).
+
+    python eval.py --config configs/quickstart.py --workdir /tmp/rsam_quickstart [--step N]
+        [--eval_sets val,test]
+
+Writes ``<workdir>/eval_step<N>.json`` beside the checkpoints and prints the metrics.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', None, 'The train.py workdir holding checkpoints/.')
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the newest intact one).')
+flags.DEFINE_list('eval_sets', None, 'Eval sets to use instead of config.eval_sets.')
+config_flags.DEFINE_config_file('config', None, 'The training config of the run.', lock_config=True)
+
+
+def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> dict:
+  import jax
+  import data
+  from rsam.training import checkpointing, config_check, evaluation, loop
+  if eval_sets:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.eval_sets = tuple(eval_sets)
+  config_check.validate(config)
+  mesh = loop.make_mesh()
+  config_check.check_batch(config, num_devices=mesh.devices.size, process_count=jax.process_count())
+  run = loop.build(config, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None, asynchronous=False)
+  step, state = ckpt.restore(step, run.init_state())
+  sets = data.make_eval_sets(config.data, tuple(config.eval_sets), global_batch_size=config.eval_batch_size)
+  results = evaluation.Evaluator(run.model, mesh, sets).run(state['params'], state['model_state'])
+  out = {'step': step, 'eval': results, 'hardware': loop.hardware()}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'eval_step{step}.json'), 'w') as f:
+      json.dump(out, f, indent=2, default=str)
+  ckpt.close()
+  return out
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from data import DataError
+  from rsam.errors import ConfigError
+  if flags.FLAGS.workdir is None:
+    print('error: --workdir is required (the train.py workdir holding checkpoints/)', file=sys.stderr)
+    sys.exit(2)
+  try:
+    out = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step,
+                              eval_sets=flags.FLAGS.eval_sets)
+  except (ConfigError, DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(out['eval']))
+  print(f"written: {os.path.join(flags.FLAGS.workdir, 'eval_step%d.json' % out['step'])}")
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
