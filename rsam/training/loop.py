@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from clu import periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
