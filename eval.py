@@ -14,6 +14,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rsam.training.cli import parse_flags  # bad flags: one `error:` line, exit code 2
+
 flags.DEFINE_string('workdir', None, 'The train.py workdir holding checkpoints/.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the newest intact one).')
 flags.DEFINE_list('eval_sets', None, 'Eval sets to use instead of config.eval_sets.')
@@ -65,4 +67,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

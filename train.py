@@ -2,7 +2,7 @@ r"""Trains a model with any updater, data-parallel over every device of every ho
 
     python train.py --config configs/quickstart.py --workdir /tmp/rsam_quickstart
     python train.py --config configs/cifar.py:dataset=cifar100,model=wrn28_10,updater=rsam --workdir ...
-    python train.py --config configs/vit_b16_rsam.py --workdir gs://... --config.dataset.data_dir=gs://...
+    python train.py --config configs/vit_b16_rsam.py --workdir gs://... --config.data.data_dir=gs://...
 
 One ``jax.jit`` step on a ``Mesh`` with a single 'data' axis: the state is replicated and donated, the
 batch split on 'data'. Each step: targets (one-hot, smoothing, mixup) -> the updater's gradient -> the
@@ -18,6 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds the input pi
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from rsam.training.cli import parse_flags  # bad flags: one `error:` line, exit code 2
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_bool('force_resume', False, 'Resume even if the workdir holds a run of a different config.')
@@ -48,4 +50,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

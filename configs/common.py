@@ -4,6 +4,7 @@ Every field is documented where it is read: data fields in data/sources.py, opti
 rsam/training/optim.py, updater fields in rsam/factory.py, the rest in rsam/training/config_check.py.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 import rsam
 
@@ -11,12 +12,15 @@ import rsam
 def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': None, 'num_train_examples': None})
+  # Fields that default to None are typed placeholders so the command line can set them
+  # (ml_collections cannot infer the type of a plain None), e.g. --config.data.data_dir=gs://...
+  c.data = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': placeholder(str),
+                                      'num_train_examples': placeholder(int)})
   c.model = ml_collections.ConfigDict({'name': 'resnet18', 'overrides': {}})
   c.updater = rsam.updater_config(updater)
   c.optimizer = ml_collections.ConfigDict({
       'name': 'momentum', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 5e-4,
-      'decay_kernels_only': False, 'grad_clip_norm': None, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8})
+      'decay_kernels_only': False, 'grad_clip_norm': placeholder(float), 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8})
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0, 'end_lr': 0.0})
   c.loss = 'softmax_xent'
   c.label_smoothing = 0.0
@@ -24,7 +28,7 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.batch_size = 128                 # global, over all devices and hosts
   c.grad_accum_steps = 1
   c.num_epochs = 200.0
-  c.total_steps = None               # overrides num_epochs when set
+  c.total_steps = placeholder(int)              # overrides num_epochs when set
   c.compute_dtype = 'float32'        # 'bfloat16': activations in bf16, parameters and ascent in float32
   c.eval_sets = ('test',)
   c.eval_batch_size = 512
@@ -34,8 +38,10 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.nan_policy = 'stop'              # 'stop': one-line error naming the step; 'skip': drop that update
   c.wandb = ml_collections.ConfigDict({
-      'enabled': False, 'mode': None, 'project': 'rsam', 'entity': None, 'group': None, 'name': None,
+      'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),
+      'group': placeholder(str), 'name': placeholder(str),
       'tags': ()})
   c.distributed = ml_collections.ConfigDict({
-      'enabled': False, 'coordinator_address': None, 'num_processes': None, 'process_id': None})
+      'enabled': False, 'coordinator_address': placeholder(str), 'num_processes': placeholder(int),
+      'process_id': placeholder(int)})
   return c

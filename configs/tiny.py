@@ -6,7 +6,6 @@ The argument picks the updater (any name in rsam.NAMES); ρ is constant so every
 """
 from configs.common import get_base_config
 
-
 def get_config(updater: str = 'rsam'):
   c = get_base_config(updater or 'rsam')
   c.data.name = 'digits'

@@ -20,6 +20,7 @@ Fields every sharpness-aware updater has: ``m`` (examples per ascent group, None
 from typing import Optional
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from rsam.errors import ConfigError
 from rsam.msharpness import PerGroup
@@ -48,10 +49,10 @@ def updater_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """The default config of updater ``name`` (official values), with ``overrides`` applied."""
   if name not in DEFAULTS:
     raise ConfigError(f"unknown updater '{name}'; choose one of: {', '.join(NAMES)}")
-  cfg = ml_collections.ConfigDict(dict(DEFAULTS[name], name=name))
-  # The per-updater field sets hold None for "unset" m; keep its type open.
-  if 'm' in cfg:
-    cfg = ml_collections.ConfigDict(dict(cfg), type_safe=False)
+  fields = dict(DEFAULTS[name], name=name)
+  if 'm' in fields:  # None = ungrouped; a typed placeholder so --config.updater.m=16 parses
+    fields['m'] = placeholder(int)
+  cfg = ml_collections.ConfigDict(fields)
   for key, value in overrides.items():
     if key not in cfg:
       raise ConfigError(f"updater '{name}' has no field '{key}'; its fields: {', '.join(sorted(cfg))}")

@@ -1,10 +1,14 @@
 """The one checkpoint path: orbax CheckpointManager in ``<workdir>/checkpoints``.
 
 Saves are asynchronous; ``max_to_keep`` bounds the disk. Resume takes the newest checkpoint that restores.
-orbax skips an interrupted save (a ``*.orbax-checkpoint-tmp-*`` folder) but still lists a damaged finished
-one, so restore walks back from the newest: a checkpoint that fails is renamed ``<step>.damaged`` (never
-deleted) and the one before it is tried. The train state holds the step; the data position and every
-PRNG key are functions of (seed, step), so a resumed run continues exactly.
+orbax skips an interrupted save (a ``*.orbax-checkpoint-tmp-*`` folder, which the trainer removes when
+it opens the directory) but still lists a damaged finished one, so restore walks back from the newest, with
+a fresh manager after each failure (a failed restore can leave orbax's manager unable to restore intact
+ones). Once one restores, the newer ones that failed are renamed ``<step>.damaged`` (never deleted). If
+none restores, nothing is renamed (the cause may be a changed model or code, not damage) and a one-line
+error names the directory. Not detected: a flipped bit inside an array's data file (orbax keeps no
+checksums). The train state holds the step; the data position and every PRNG key are functions of
+(seed, step), so a resumed run continues exactly.
 """
 import logging
 import os
@@ -23,13 +27,19 @@ class CheckpointError(ConfigError):
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, asynchronous: bool = True):
+  def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, asynchronous: bool = True,
+               cleanup_tmp: bool = False):
+    """``cleanup_tmp``: delete saves interrupted by a kill (they would pile up, a full checkpoint each) when
+    opening; only for the trainer, never for a reader such as eval.py that may run beside it."""
     self.directory = epath.Path(workdir) / 'checkpoints'
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
-            enable_async_checkpointing=asynchronous))
+    self._options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
+        enable_async_checkpointing=asynchronous, cleanup_tmp_directories=cleanup_tmp)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  def _reopen(self) -> None:
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Saves if the cadence says so (or ``force``); a step already on disk is left as it is."""
@@ -37,22 +47,33 @@ class Checkpointer:
       return False
     return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
+  def due(self, step: int) -> bool:
+    """Whether ``save(step, ...)`` saves (the cadence; False for a step already on disk)."""
+    return self.manager.should_save(step)
+
   def restore_latest(self, target: Any) -> Optional[tuple[int, Any]]:
     """(step, state) of the newest intact checkpoint, None for an empty directory."""
     steps = sorted(self.manager.all_steps(), reverse=True)
+    failed = []
     for step in steps:
       try:
-        return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # orbax raises many types for damaged files; any failure means "not intact"
-        damaged = self._set_aside(step)
-        logging.warning('checkpoint at step %d does not restore (%s: %s); moved it to %s and fell back '
-                        'to the one before it', step, type(e).__name__, str(e).splitlines()[0][:200],
+        failed.append((step, e))
+        self._reopen()
+        continue
+      for bad, e in failed:  # only now that an older one restored: set the newer ones aside
+        damaged = self._set_aside(bad)
+        logging.warning('checkpoint at step %d does not restore (%s); moved it to %s', bad, _brief(e),
                         damaged)
-        print(f'warning: checkpoint {step} in {self.directory} is damaged; moved it to {damaged}, '
-              f'falling back to the previous one', flush=True)
+        print(f'warning: checkpoint {bad} in {self.directory} is damaged ({_brief(e)}); moved it to '
+              f'{damaged}; resuming from step {step}', flush=True)
+      return step, state
     if steps:
-      raise CheckpointError(f'no intact checkpoint in {self.directory} (tried steps {steps}); move that '
-                            f'folder away to start from scratch')
+      self.close()  # an open manager's threads print a traceback when the interpreter exits
+      raise CheckpointError(f'no checkpoint in {self.directory} restores (tried steps {steps}; newest: '
+                            f'{_brief(failed[0][1])}); nothing was moved: if the model or code changed, '
+                            f'restore them, else move that folder away to start from scratch')
     return None
 
   def restore(self, step: Optional[int], target: Any) -> tuple[int, Any]:
@@ -67,6 +88,8 @@ class Checkpointer:
         return candidate, self.manager.restore(candidate, args=ocp.args.StandardRestore(target))
       except Exception as e:  # a damaged checkpoint: try the one before when no step was asked for
         error = e
+        self._reopen()
+    self.close()
     raise CheckpointError(f'checkpoint {candidate} in {self.directory} does not restore '
                           f'({type(error).__name__}); choose another --step')
 
@@ -89,3 +112,9 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _brief(e: Exception) -> str:
+  """`Type: first line` of an exception, at most 160 characters (tensorstore errors are pages long)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  return f'{type(e).__name__}: {text[:160]}' if text else type(e).__name__

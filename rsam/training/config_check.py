@@ -31,6 +31,7 @@ _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_st
 
 
 def validate(config) -> None:
+  _check_types(config)
   for field, kind in _TYPES.items():
     value = config.get(field)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -64,8 +65,84 @@ def validate(config) -> None:
                       f"{', '.join(optim.SCHEDULES)}")
   rsam.validate(config.updater)
   data.validate(config.data, tuple(config.eval_sets))
-  if total_steps(config) < 1:
+  try:  # a module is a dataclass: building one checks config.model.overrides and does no work
+    models.get_model(config.model.name, num_classes=data.num_classes(config.data),
+                     **dict(config.model.get('overrides', {})))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model.overrides={dict(config.model.get("overrides", {}))!r}: {e}') from None
+  steps = total_steps(config)
+  if steps < 1:
     raise ConfigError('the run has no steps: set config.num_epochs or config.total_steps above 0')
+  warmup = config.schedule.get('warmup_steps') or 0
+  if config.schedule.name != 'constant' and warmup >= steps:
+    raise ConfigError(f'config.schedule.warmup_steps={warmup} is not below the {steps} training steps; '
+                      f'lower it')
+
+
+# Every field the optimizer and schedule read (rsam/training/optim.py): anything else is a typo.
+_OPTIMIZER_FIELDS = ('name', 'lr', 'momentum', 'nesterov', 'weight_decay', 'decay_kernels_only',
+                     'grad_clip_norm', 'b1', 'b2', 'eps')
+_SCHEDULE_FIELDS = ('name', 'warmup_steps', 'end_lr', 'step_boundaries', 'step_factor')
+
+
+def _number(value, *, low=None, high=None, low_open=False, high_open=False) -> bool:
+  """A finite int/float (not bool) within the bounds."""
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    return False
+  return ((low is None or (value > low if low_open else value >= low)) and
+          (high is None or (value < high if high_open else value <= high)))
+
+
+def _check_types(config) -> None:
+  """Fields whose wrong type or value would otherwise surface as a traceback in build() or a NaN later."""
+  steps = config.get('total_steps')
+  if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)):
+    raise ConfigError(f'config.total_steps={steps!r} must be an int (or None to use config.num_epochs)')
+  if not steps and not _number(config.get('num_epochs'), low=0):
+    raise ConfigError(f'config.num_epochs={config.get("num_epochs")!r} must be a number > 0 (or set '
+                      f'config.total_steps)')
+  every = config.get('eval_every_steps')
+  if every is not None and (not isinstance(every, int) or isinstance(every, bool)):
+    raise ConfigError(f'config.eval_every_steps={every!r} must be an int (0 = only at the end)')
+  names = config.get('eval_sets')
+  if isinstance(names, str) or not isinstance(names, (tuple, list)) or not all(
+      isinstance(n, str) for n in names):
+    raise ConfigError(f"config.eval_sets={names!r} must be a tuple of eval set names, e.g. ('test',)")
+  opt, sched = config.optimizer, config.schedule
+  for group, fields in (('optimizer', _OPTIMIZER_FIELDS), ('schedule', _SCHEDULE_FIELDS)):
+    unknown = [k for k in config[group] if k not in fields]
+    if unknown:
+      raise ConfigError(f"config.{group}.{unknown[0]} is not a field of config.{group}; remove it or fix "
+                        f"the name (fields: {', '.join(fields)})")
+  if not _number(opt.get('lr'), low=0, low_open=True):
+    raise ConfigError(f'config.optimizer.lr={opt.get("lr")!r} must be a finite number > 0')
+  for field, high in (('momentum', 1), ('weight_decay', None), ('b1', 1), ('b2', 1), ('eps', None)):
+    if opt.get(field) is not None and not _number(opt[field], low=0, high=high, high_open=True):
+      raise ConfigError(f'config.optimizer.{field}={opt[field]!r} must be a finite number '
+                        f'{"in [0, 1)" if high else ">= 0"}')
+  for field in ('nesterov', 'decay_kernels_only'):
+    if opt.get(field) is not None and not isinstance(opt[field], bool):
+      raise ConfigError(f'config.optimizer.{field}={opt[field]!r} must be True or False')
+  if opt.get('grad_clip_norm') is not None and not _number(opt.grad_clip_norm, low=0, low_open=True):
+    raise ConfigError(f'config.optimizer.grad_clip_norm={opt.grad_clip_norm!r} must be a number > 0 (or None '
+                      f'for no clipping)')
+  warmup = sched.get('warmup_steps')
+  if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+    raise ConfigError(f'config.schedule.warmup_steps={warmup!r} must be an int >= 0')
+  if sched.get('end_lr') is not None and not _number(sched.end_lr, low=0):
+    raise ConfigError(f'config.schedule.end_lr={sched.end_lr!r} must be a finite number >= 0')
+  if sched.get('name') == 'step':
+    bounds = sched.get('step_boundaries')
+    if not isinstance(bounds, (tuple, list)) or not all(
+        _number(b, low=0, high=1, low_open=True, high_open=True) for b in bounds):
+      raise ConfigError(f"config.schedule.step_boundaries={bounds!r}: the 'step' schedule needs a tuple of "
+                        f"fractions of training in (0, 1), e.g. (0.3, 0.6, 0.8)")
+    if not _number(sched.get('step_factor'), low=0, low_open=True):
+      raise ConfigError(f"config.schedule.step_factor={sched.get('step_factor')!r}: the 'step' schedule "
+                        f"needs the factor (> 0) applied at each boundary, e.g. 0.2")
+  for field, value in config.updater.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'config.updater.{field}={value!r} must be a finite number')
 
 
 def total_steps(config) -> int:
@@ -110,7 +187,11 @@ def _diff(a, b, prefix=''):
 
 
 def check_workdir(config, workdir: str, *, force: bool) -> None:
-  """Writes config.json on the first start; refuses a workdir that holds a different run."""
+  """Writes config.json on the first start; refuses a workdir that holds a different run.
+
+  Only a workdir with checkpoints holds a run: a start that failed before its first checkpoint (a config
+  error raised late, missing data, out of memory) leaves a config.json that the next start overwrites.
+  """
   path = os.path.join(workdir, 'config.json')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -118,16 +199,31 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
     raise ConfigError(f'cannot create --workdir {workdir} ({e.strerror}); choose a writable directory')
   if not os.access(workdir, os.W_OK):
     raise ConfigError(f'--workdir {workdir} is not writable; choose a writable directory')
-  if os.path.exists(path) and not force:
-    with open(path) as f:
-      saved = json.load(f)
+  has_run = _has_checkpoints(workdir)
+  if has_run and os.path.exists(path) and not force:
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
+                        f'this config and continue the run') from None
     differ = _diff(_identity_from_json(saved), _identity(config))
     if differ:
       raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')
-  if jax.process_index() == 0 and (force or not os.path.exists(path)):
-    with open(path, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0 and (force or not has_run or not os.path.exists(path)):
+    try:
+      with open(path + '.tmp', 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a config.json
+    except OSError as e:
+      raise ConfigError(f'cannot write {path} ({e.strerror}); choose a writable --workdir') from None
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  """Any checkpoint folder, finished, interrupted (``N.orbax-checkpoint-tmp-*``) or set aside."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(n.split('.')[0].isdigit() for n in os.listdir(directory))
 
 
 def _identity_from_json(saved: dict) -> dict:

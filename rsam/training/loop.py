@@ -131,15 +131,18 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   mesh = make_mesh()
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
+  run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
   config_check.check_workdir(config, workdir, force=force_resume)
+  # Before anything compiles: a dataset that is not prepared fails here, in seconds, as a DataError.
+  eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),
+                                  global_batch_size=config.eval_batch_size)
 
-  run = build(config, mesh)
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   state = run.init_state()
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
-                                    max_to_keep=config.keep_checkpoints)
+                                    max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     _, state = restored
@@ -150,8 +153,6 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   train_step = jax.jit(make_train_step(config, model, run.updater, tx, run.num_classes),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
-  eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),
-                                  global_batch_size=config.eval_batch_size)
   evaluator = evaluation.Evaluator(model, mesh, eval_sets)
   batches = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                      seed=config.seed, start_step=start_step)
@@ -165,6 +166,18 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
 
   window, window_steps, window_start = None, 0, time.time()
   pending = None
+  skipped = []
+
+  def check_finite(step_metrics):  # (step, metrics) of a step already dispatched, or None
+    if step_metrics is None or bool(step_metrics[1]['finite']):
+      return
+    if config.nan_policy == 'stop':
+      ckpt.close()  # saves already started complete: the last good checkpoint is whole
+      _stop_non_finite(*step_metrics)
+    skipped.append(step_metrics[0])
+    print(f'warning: skipped step {step_metrics[0]}: non-finite {_non_finite_what(step_metrics[1])}; '
+          f'its update was dropped (config.nan_policy=skip)', flush=True)
+
   eval_results = {}
   step = start_step
   print(f'training {config.model.name} with {config.updater.name} on {config.data.name}: '
@@ -179,10 +192,12 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
       window_steps += 1
       progress(step)
       # Checked one step late so the host never waits on the step just dispatched; a non-finite step
-      # left the state untouched, so nothing bad can be saved meanwhile.
-      if config.nan_policy == 'stop' and pending is not None and not bool(pending[1]['finite']):
-        _stop_non_finite(*pending)
+      # left the state untouched, so nothing bad can be saved meanwhile. With 'stop', a step about to be
+      # checkpointed is checked first: a resumed run must not silently skip it.
+      check_finite(pending)
       pending = (step, metrics)
+      if config.nan_policy == 'stop' and ckpt.due(step):
+        check_finite(pending)
       ckpt.save(step, state)
       if step % config.log_every_steps == 0 or step == total_steps:
         _log(writer, step, total_steps, window, window_steps, time.time() - window_start, schedule,
@@ -192,12 +207,12 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
         eval_results = evaluator.run(state['params'], state['model_state'])
         _write_eval(writer, step, eval_results)
       if sigterm['sigterm']:
+        check_finite(pending)
         ckpt.save(step, state, force=True)
         ckpt.close()
         raise Preempted(f'SIGTERM at step {step}: checkpoint written to {ckpt.directory}; rerun the '
                         f'same command to resume')
-    if config.nan_policy == 'stop' and pending is not None and not bool(pending[1]['finite']):
-      _stop_non_finite(*pending)
+    check_finite(pending)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
 
@@ -208,20 +223,26 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   writer.flush()
   results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
              'eval': eval_results, 'wall_time_s': time.time() - start_time,
-             'hardware': hardware()}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+             'hardware': hardware(), 'skipped_steps': skipped}
+  if jax.process_index() == 0:  # written whole or not at all: a kill here must not leave half a file
+    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
       json.dump(results, f, indent=2, default=str)
+    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
   writer.close()
   print(f'done: {json.dumps(eval_results)}; results in {os.path.join(workdir, "results.json")}',
         flush=True)
   return results
 
 
+def _non_finite_what(metrics) -> str:
+  loss = float(metrics['loss'])
+  return f'loss (loss={loss})' if not np.isfinite(loss) else f'gradient (its norm; loss={loss:.4g} is finite)'
+
+
 def _stop_non_finite(step, metrics):
   raise config_check.NonFiniteError(
-      f'non-finite loss or gradient at step {step} (loss={float(metrics["loss"])}); the state was not '
-      f"updated and the last checkpoint is intact; lower the learning rate or set config.nan_policy='skip'")
+      f'non-finite {_non_finite_what(metrics)} at step {step}; the state was not updated and the last '
+      f"checkpoint is intact; lower the learning rate or set config.nan_policy='skip'")
 
 
 def _log(writer, step, total_steps, window, window_steps, seconds, schedule, config, num_devices,

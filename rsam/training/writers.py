@@ -31,7 +31,10 @@ class WandbWriter(interface.MetricWriter):
                  step=step)
 
   def write_hparams(self, hparams: Mapping[str, Any]):
-    self.run.config.update(dict(hparams), allow_val_change=True)
+    # wandb.init already got the structured config; the loop's hparams are str() of its fields (for
+    # TensorBoard) and would overwrite e.g. config.model.name with a YAML string: add only new keys.
+    self.run.config.update({k: v for k, v in hparams.items() if k not in self.run.config},
+                           allow_val_change=True)
 
   def write_summaries(self, step, values, metadata=None):
     pass

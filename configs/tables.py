@@ -1,0 +1,93 @@
+"""The runs behind every paper table and figure: one ``Run`` per cell, shared where the paper reuses a run.
+
+``scripts/reproduce.py`` launches these, ``scripts/make_tables.py`` lays their results out in the paper's
+tables, ``tests/test_configs.py`` builds every one. A run lives in ``<root>/<home>/<name>/seed<k>``, where
+``home`` is the first table that needs it: Table 4, the R-SAM bar of Fig. 3(a) and the official points of
+the Fig. 3(b, c) sweeps are the Table 3 runs without augmentation (the paper's own numbers agree: R-SAM
+80.7 in Table 3, Table 4 and Sec. 4.5), so they are trained once.
+
+Fig. 3(b, c) have no numbers in the paper text; their grids are ours: ρ_max ∈ {1.0, 1.5, 2.0, 2.5, 3.0}
+with ρ_min = 0.6 ρ_max (the official 1.5/2.5 ratio), and λ ∈ {0.5, 1, 2, 4, 8}; both include the
+official point (ρ_max 2.5, λ 2).
+"""
+import dataclasses
+import importlib
+from typing import Dict, List, Tuple
+
+from configs import families
+
+TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c')
+TABLE_DATASET = {'1': 'cifar10', '2': 'cifar100'}
+FIG3B_RHO_MAX = (1.0, 1.5, 2.0, 2.5, 3.0)
+FIG3B_RHO_MIN_RATIO = 0.6
+FIG3C_LAM = (0.5, 1.0, 2.0, 4.0, 8.0)
+OFFICIAL_RHO_MAX, OFFICIAL_LAM = 2.5, 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run (per seed): its config string, home table, directory name and place in tables."""
+  home: str                 # the table whose directory holds the run
+  name: str                 # the cell's directory name, unique within ``home``
+  config: str               # 'configs/<file>.py[:arg]', relative to the repository root
+  tables: Tuple[str, ...]   # every table / figure that reads this run
+
+  def workdir(self, root: str, seed: int) -> str:
+    return f'{root.rstrip("/")}/{self.home}/{self.name}/seed{seed}'
+
+  def load(self, *, runlocal: bool = False):
+    """The ConfigDict this run trains (``runlocal``: its 2-step CPU version)."""
+    path, _, arg = self.config.partition(':')
+    module = importlib.import_module(path[:-len('.py')].replace('/', '.'))
+    if runlocal:
+      arg = f'{arg},runlocal=1' if arg else 'runlocal=1'
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _cifar(table: str) -> List[Run]:
+  dataset = TABLE_DATASET[table]
+  return [Run(table, f'{model}-{updater}',
+              f'configs/cifar.py:dataset={dataset},model={model},updater={updater}', (table,))
+          for model in families.CIFAR_MODELS for updater in families.CIFAR_UPDATERS[:7]]
+
+
+def _vit_config(model: str, updater: str, aug: str = 'none', **kw) -> str:
+  arg = ','.join([f'aug={aug}'] * (aug != 'none') + [f'{k}={v:g}' for k, v in kw.items()])
+  return f'configs/{model}_{updater}.py' + (f':{arg}' if arg else '')
+
+
+def _table3() -> List[Run]:
+  runs = []
+  for model, augs in (('vit_b16', ('none', 'mixup', 'mixup_ra')), ('vit_s16', ('none',))):
+    for aug in augs:
+      for updater in ('adamw', 'sam', 'rsam'):
+        tables = ('3', '4') if aug == 'none' else ('3',)
+        if (model, aug, updater) == ('vit_b16', 'none', 'rsam'):
+          tables += ('fig3a', 'fig3b', 'fig3c')
+        runs.append(Run('3', f'{model}-{aug}-{updater}', _vit_config(model, updater, aug), tables))
+  return runs
+
+
+def all_runs() -> List[Run]:
+  """Every distinct run, in table order."""
+  runs = _cifar('1') + _cifar('2') + _table3()
+  runs += [Run('fig3a', f'vit_b16-none-{u}', _vit_config('vit_b16', u), ('fig3a',))
+           for u in ('gsam', 'rgsam')]
+  runs += [Run('fig3b', f'rho_max_{r:g}',
+               _vit_config('vit_b16', 'rsam', rho_max=r, rho_min=round(FIG3B_RHO_MIN_RATIO * r, 6)),
+               ('fig3b',))
+           for r in FIG3B_RHO_MAX if r != OFFICIAL_RHO_MAX]
+  runs += [Run('fig3c', f'lam_{lam:g}', _vit_config('vit_b16', 'rsam', lam=lam), ('fig3c',))
+           for lam in FIG3C_LAM if lam != OFFICIAL_LAM]
+  return runs
+
+
+def runs_of(table: str) -> List[Run]:
+  """The runs a table or figure reads (some live under another table's directory)."""
+  if table not in TABLES:
+    raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+  return [r for r in all_runs() if table in r.tables]
+
+
+def by_name() -> Dict[Tuple[str, str], Run]:
+  return {(r.home, r.name): r for r in all_runs()}
