@@ -60,17 +60,20 @@ def np_sam_point(params, direction, rho):
 
 
 def np_noise(noise_key, params, gamma):
-  """δ0 from the same standard-normal draws, scaled by NumPy kernel norms over all but the last axis."""
-  keys = optax.tree.split_key_like(noise_key, params)
-
-  def one(k, w):
-    z = np.asarray(jax.random.normal(k, w.shape, jnp.float32), np.float64)
+  """δ0 from one standard-normal draw of all parameters, a segment per leaf in flatten order, scaled by
+  NumPy kernel norms over all but the last axis."""
+  leaves, treedef = jax.tree.flatten(params)
+  sizes = [w.size for w in leaves]
+  z = np.asarray(jax.random.normal(noise_key, (sum(sizes),), jnp.float32), np.float64)
+  out, start = [], 0
+  for w, size in zip(leaves, sizes):
     if w.ndim > 1:
       scale = np.sqrt((w ** 2).sum(axis=tuple(range(w.ndim - 1)), keepdims=True))
     else:
       scale = np.linalg.norm(w) + 1e-16
-    return gamma * scale * z
-  return jax.tree.map(one, keys, params)
+    out.append(gamma * scale * z[start:start + size].reshape(w.shape))
+    start += size
+  return treedef.unflatten(out)
 
 
 def np_decompose(g, g_adv, alpha):
