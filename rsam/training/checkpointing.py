@@ -32,10 +32,21 @@ class Checkpointer:
     """``cleanup_tmp``: delete saves interrupted by a kill (they would pile up, a full checkpoint each) when
     opening; only for the trainer, never for a reader such as eval.py that may run beside it."""
     self.directory = epath.Path(workdir) / 'checkpoints'
+    if cleanup_tmp:  # ourselves, synchronously: orbax's option leaves a thread that can outlive the process
+      self._remove_interrupted_saves()
     self._options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
-        enable_async_checkpointing=asynchronous, cleanup_tmp_directories=cleanup_tmp)
+        enable_async_checkpointing=asynchronous)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  def _remove_interrupted_saves(self) -> None:
+    """Deletes the saves a kill interrupted (``<step>.orbax-checkpoint-tmp-*``), never a finished one."""
+    if jax.process_index() == 0 and self.directory.exists():
+      for path in sorted(self.directory.glob('*.orbax-checkpoint-tmp-*')):
+        path.rmtree()
+        print(f'removed {path}, a checkpoint save that was interrupted', flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('removed interrupted checkpoint saves')
 
   def _reopen(self) -> None:
     self.manager.close()

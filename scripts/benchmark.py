@@ -1,0 +1,812 @@
+r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
+input-pipeline throughput, written as a markdown + JSON report.
+
+    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (about 30 min here)
+    python scripts/benchmark.py --preset smoke --out /tmp/bench            # seconds; what the test runs
+
+What is measured, and how
+-------------------------
+Step time. For each model (a CIFAR ResNet and a small ViT by default) every variant
+
+    sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam.factory defaults), sam_grouped (SAM with
+    m-sharpness groups of ``--m`` examples, rsam.msharpness.PerGroup), optax_sam (optax.contrib.sam,
+    opaque mode, with the same base optimizer and ρ as ``sam``)
+
+is the FULL jitted train step of the training loop (``rsam.training.loop.make_train_step``: targets,
+updater, base optax update, non-finite guard; same shardings and state donation as the loop) on the same
+synthetic batch, model, devices and initial state. Every executable is compiled (timed: lower, compile),
+warmed up, then timed INTERLEAVED: ``--repeats`` rounds, each round times ``--steps`` consecutive steps of
+every variant (the order rotates from round to round). A ratio A/B is computed per round from the two
+times of that round (paired, so slow drifts of a shared machine cancel) and reported as the median over
+rounds with its min–max; step times are reported as median and min–max over rounds.
+
+Memory. ``compiled.memory_analysis()`` of each step executable (works on every backend): the peak
+estimate is arguments + outputs + temporaries − aliased (donated) bytes, per device. Where the device
+reports ``memory_stats()`` (GPU/TPU), ``peak_bytes_in_use`` after each variant's warm-up is recorded too
+(a process-wide high-water mark, so it only grows from variant to variant). The XLA cost analysis (flops,
+bytes accessed) of each step is recorded: a noise-free check of what a time ratio should be.
+
+Our SAM against optax. ``optax.contrib.sam(base, chain(normalize(), sgd(ρ)), opaque_mode=True)``
+computes the ascent gradient through ``grad_fn``, which returns gradients only: the BatchNorm statistics
+of its pass are dropped. That is what our updaters do too (model state comes from the first pass), so the
+comparison holds for a BatchNorm ResNet as well as for the BN-free ViT; both models are compared. The
+first step of both from the same state is checked to give the same parameters.
+
+Input pipelines. ``data.make_train_iterator`` itself (shuffle, stateless per-example augmentation,
+batching: the training code path) fed through ``tfds.testing.mock_data(as_dataset_fn=...)`` with encoded
+images this script makes: PNG-encoded 32×32 images for CIFAR (tfds stores CIFAR as PNG) and JPEGs of
+ImageNet size (default 500×375, q=90) for ImageNet (decode + Inception crop + flip + RandAugment(2, 15) to
+224²). Each is measured in a child process pinned to ONE CPU core (images/s per core) and in one using all
+cores, then compared with the training step it feeds: the CIFAR ResNet step (first model) and a ViT step at
+the ImageNet resolution (``--imagenet_step``).
+
+Machine noise: the load average is sampled every round, and the CPU time that OTHER processes used during
+the run is computed from /proc/stat minus this process's own CPU time; both are in the report.
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+VARIANTS = ('sgd', 'sam', 'rsam', 'gsam', 'rgsam', 'lpf_sgd', 'sam_grouped', 'optax_sam')
+# (name, numerator, denominator, target: numerator/denominator ≤ target, or None = reported only)
+TIME_RATIOS = (
+    ('SAM/SGD', 'sam', 'sgd', 2.05),
+    ('R-SAM/SAM', 'rsam', 'sam', 1.03),
+    ('GSAM/SAM', 'gsam', 'sam', 1.03),
+    ('R-GSAM/SAM', 'rgsam', 'sam', 1.05),
+    ('LPF-SGD/SGD', 'lpf_sgd', 'sgd', None),
+    ('grouped/ungrouped', 'sam_grouped', 'sam', 1.15),
+    ('SAM/optax SAM', 'sam', 'optax_sam', 1.00),
+)
+MEMORY_RATIOS = (
+    ('R-SAM/SAM', 'rsam', 'sam', 1.10),
+    ('SAM/SGD', 'sam', 'sgd', None),
+    ('GSAM/SAM', 'gsam', 'sam', None),
+    ('R-GSAM/SAM', 'rgsam', 'sam', None),
+    ('LPF-SGD/SGD', 'lpf_sgd', 'sgd', None),
+    ('grouped/ungrouped', 'sam_grouped', 'sam', None),
+    ('SAM/optax SAM', 'sam', 'optax_sam', None),
+)
+PIPELINE_TARGET = 3.0  # pipeline images/s (all cores) ≥ 3 × the images/s of the step it feeds
+
+# model specs: name[:key=value,...]; keys: batch, image (side), data (cifar10|digits|imagenet2012),
+# widths=a/b/c/d, depth, hidden, heads, mlp, patch
+PRESETS = {
+    'full': dict(
+        models=['resnet18:widths=32/64/128/256,batch=128', 'vit_ti4:depth=6,batch=128'],
+        repeats=9, steps=1, warmup=2, m=16, fast_compile=False,
+        imagenet_step='vit_s16:batch=16,image=224,data=imagenet2012',
+        cifar=dict(num_examples=4096, batch=128, batches=24, distinct=512),
+        imagenet=dict(num_examples=256, batch=32, batches=6, distinct=32, width=500, height=375,
+                      image_size=224, randaugment_layers=2, randaugment_magnitude=15),
+        pin=True),
+    # A ViT with no encoder block (patch embedding + head) on 8×8 digits, compiled at XLA's lowest
+    # optimisation level: the whole suite in seconds, for the test. Its numbers mean nothing.
+    'smoke': dict(
+        models=['vit_tiny:depth=0,batch=16,data=digits'],
+        repeats=2, steps=1, warmup=1, m=None, fast_compile=True,
+        imagenet_step='',
+        cifar=dict(num_examples=64, batch=16, batches=2, distinct=8),
+        imagenet=dict(num_examples=16, batch=8, batches=1, distinct=4, width=64, height=48,
+                      image_size=32, randaugment_layers=2, randaugment_magnitude=15),
+        pin=False),
+}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _median(xs):
+  return float(statistics.median(xs))
+
+
+def _summary(xs):
+  xs = [float(x) for x in xs]
+  return {'median': _median(xs), 'min': min(xs), 'max': max(xs), 'n': len(xs), 'values': xs}
+
+
+def _parse_model(spec: str) -> dict:
+  name, _, rest = spec.partition(':')
+  out = {'spec': spec, 'name': name, 'batch': 128, 'image': None, 'data': 'cifar10', 'overrides': {}}
+  for item in filter(None, rest.split(',')):
+    key, _, value = item.partition('=')
+    if key in ('batch', 'image'):
+      out[key] = int(value)
+    elif key == 'data':
+      out[key] = value
+    elif key == 'widths':
+      out['overrides']['widths'] = tuple(int(v) for v in value.split('/'))
+    elif key in ('depth', 'patch', 'hidden', 'heads', 'mlp'):
+      field = {'patch': 'patch_size', 'hidden': 'hidden_size', 'heads': 'num_heads',
+               'mlp': 'mlp_dim'}.get(key, key)
+      out['overrides'][field] = int(value)
+    else:
+      raise SystemExit(f'model spec {spec!r}: unknown key {key!r}')
+  return out
+
+
+def _cpu_busy_seconds():
+  """Busy CPU seconds of the whole machine (all cores) since boot, from /proc/stat (None elsewhere)."""
+  try:
+    with open('/proc/stat') as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+  except OSError:
+    return None
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+  return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
+
+
+def _own_cpu_seconds():
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
+class MachineMonitor:
+  """Load average and the CPU time other processes take while the benchmark runs."""
+
+  def __init__(self):
+    self.start_wall = time.time()
+    self.start_busy = _cpu_busy_seconds()
+    self.start_own = _own_cpu_seconds()
+    self.load_before = os.getloadavg()
+    self.samples = []
+
+  def sample(self):
+    self.samples.append(os.getloadavg()[0])
+
+  def result(self):
+    wall = time.time() - self.start_wall
+    busy = _cpu_busy_seconds()
+    own = _own_cpu_seconds() - self.start_own
+    out = {'load_average_before': list(self.load_before), 'load_average_after': list(os.getloadavg()),
+           'load_average_1min_during': _summary(self.samples) if self.samples else None,
+           'wall_s': wall, 'own_cpu_cores_mean': own / wall}
+    if self.start_busy is not None and busy is not None:
+      out['other_processes_cpu_cores_mean'] = max(0.0, (busy - self.start_busy - own) / wall)
+    return out
+
+
+def _versions():
+  import flax
+  import jax
+  import jaxlib
+  import optax
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  return {'python': platform.python_version(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__, 'optax': optax.__version__, 'tensorflow': tf.__version__,
+          'tensorflow_datasets': tfds.__version__}
+
+
+def _hardware():
+  import jax
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  mem = None
+  try:
+    with open('/proc/meminfo') as f:
+      mem = int(next(l.split()[1] for l in f if l.startswith('MemTotal'))) / 2 ** 20
+  except (OSError, StopIteration):
+    pass
+  devices = jax.devices()
+  return {'cpu': cpu, 'cpu_count': os.cpu_count(),
+          'cpu_affinity': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+          'memory_gib': mem, 'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
+          'num_devices': len(devices), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'machine': platform.machine(), 'system': platform.system()}
+
+
+def _git():
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return {'commit': commit or None, 'uncommitted_changes': bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    return {'commit': None, 'uncommitted_changes': None}
+
+
+def _command(argv):
+  """The command line, with paths inside the repository made relative to it (no machine paths)."""
+  def rel(a):
+    if os.path.isabs(a) and os.path.abspath(a).startswith(ROOT + os.sep):
+      return os.path.relpath(a, ROOT)
+    return a
+  return ' '.join(shlex.quote(rel(a)) for a in ['python', 'scripts/benchmark.py'] + list(argv))
+
+
+# ------------------------------------------------------------------------------------ the train steps
+def _config(model, updater: str, m=None):
+  from configs.common import get_base_config
+  c = get_base_config(updater)
+  c.model.name = model['name']
+  c.model.overrides = dict(model['overrides'])
+  c.data.name = model['data']
+  c.data.num_train_examples = 50_000
+  if model['image'] and model['data'] == 'imagenet2012':
+    c.data.image_size = model['image']
+  c.batch_size = model['batch']
+  c.total_steps = 1000
+  if m is not None:
+    c.updater.m = m
+  return c
+
+
+def _optax_sam_step(config, model, tx, num_classes):
+  """The loop's train step with optax.contrib.sam (opaque mode) in place of updater + base update."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from rsam.training import losses
+  loss_fn = losses.make_loss_fn(model, config.loss)
+  root = jax.random.key(config.seed)
+  rho = config.updater.rho
+  opt = optax.contrib.sam(tx, optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
+                          sync_period=2, opaque_mode=True)
+
+  def train_step(state, batch):
+    step = state['step']
+    _, update_key = jax.random.split(jax.random.fold_in(root, step))
+    _, dropout_key = jax.random.split(update_key)
+    targets = losses.make_targets(batch['label'], num_classes, config.loss, config.label_smoothing)
+    b = {'image': batch['image'], 'target': targets}
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'], state['model_state'], b, dropout_key)
+    # grad_fn returns gradients only: the BatchNorm statistics of the ascent pass are dropped, as ours.
+    grad_fn = lambda p, _: jax.grad(lambda q: loss_fn(q, state['model_state'], b, dropout_key)[0])(p)
+    updates, opt_state = opt.update(grads, state['opt_state'], state['params'], grad_fn=grad_fn)
+    params = optax.apply_updates(state['params'], updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = {'step': step + 1, 'params': keep(params, state['params']),
+                 'model_state': keep(model_state, state['model_state']),
+                 'opt_state': keep(opt_state, state['opt_state'])}
+    out = {'loss': loss, **metrics, 'finite': finite.astype(jnp.float32)}
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+  return train_step, opt
+
+
+def _memory(compiled):
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if ma is None:
+    return None
+  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
+            'alias_size_in_bytes', 'generated_code_size_in_bytes')
+  out = {f: int(getattr(ma, f, 0) or 0) for f in fields}
+  out['peak_estimate_bytes'] = (out['argument_size_in_bytes'] + out['output_size_in_bytes']
+                                + out['temp_size_in_bytes'] - out['alias_size_in_bytes'])
+  return out
+
+
+def _cost(compiled):
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else None
+  if not ca:
+    return None
+  return {k: float(ca[k]) for k in ('flops', 'bytes accessed', 'transcendentals') if k in ca}
+
+
+def _device_peak():
+  import jax
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return None if not stats else stats.get('peak_bytes_in_use')
+
+
+def _synthetic_batch(model, num_classes, image_shape, mesh, seed=0):
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  rng = np.random.default_rng(seed)
+  b = model['batch']
+  batch = {'image': rng.standard_normal((b,) + tuple(image_shape)).astype(np.float32),
+           'label': rng.integers(0, num_classes, size=(b,)).astype(np.int32)}
+  return jax.device_put(batch, NamedSharding(mesh, P('data')))
+
+
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False):
+  """(compiled step, initial state, batch, info) of one variant.
+
+  ``base_state``: a state of the same model and base optimizer to start from (copied: steps donate it),
+  so every variant starts from the same parameters and only one initialisation is compiled.
+  """
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  import data
+  from rsam.training import loop
+  updater = {'sgd': 'plain', 'sam_grouped': 'sam', 'optax_sam': 'sam'}.get(variant, variant)
+  config = _config(model, updater, m=m if variant == 'sam_grouped' else None)
+  run = loop.build(config, mesh)
+  if variant == 'optax_sam':
+    step_fn, opt = _optax_sam_step(config, run.model, run.tx, run.num_classes)
+    base_init = run.init_state
+
+    def init_state():
+      state = base_init() if base_state is None else base_state
+      state = jax.tree.map(lambda x: x.copy(), {k: v for k, v in state.items() if k != 'opt_state'})
+      return {**state, 'opt_state': jax.jit(opt.init, out_shardings=NamedSharding(mesh, P()))(
+          state['params'])}
+  else:
+    step_fn = loop.make_train_step(config, run.model, run.updater, run.tx, run.num_classes)
+    init_state = (run.init_state if base_state is None
+                  else lambda: jax.tree.map(lambda x: x.copy(), base_state))
+  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  jitted = jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+  state = init_state()
+  batch = _synthetic_batch(model, run.num_classes, data.image_shape(config.data), mesh)
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile(compiler_options=FAST_COMPILE if fast_compile else None)
+  t2 = time.perf_counter()
+  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  info = {'lower_s': t1 - t0, 'compile_s': t2 - t1, 'memory': _memory(compiled),
+          'cost': _cost(compiled), 'num_params': int(num_params),
+          'updater': repr(run.updater) if variant != 'optax_sam' else 'optax.contrib.sam(opaque)'}
+  if variant == 'sam_grouped':
+    info['m'] = m
+    info['groups_per_device'] = model['batch'] // mesh.devices.size // m
+  return compiled, state, batch, info
+
+
+def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor, log,
+                   fast_compile=False):
+  import jax
+  import numpy as np
+  per_device = model['batch'] // mesh.devices.size
+  if m is None or per_device % m:
+    m = per_device if m is None else math.gcd(per_device, m)
+  compiled, states, batches, infos = {}, {}, {}, {}
+  base_state = None
+  for v in variants:
+    log(f"[{model['spec']}] compiling {v}")
+    compiled[v], states[v], batches[v], infos[v] = _build_variant(
+        model, v, mesh, m, base_state=base_state, fast_compile=fast_compile)
+    if base_state is None and v != 'optax_sam':
+      base_state = jax.tree.map(lambda x: x.copy(), states[v])
+  first_params = {}
+  for v in variants:  # warm-up; the first step of every variant starts from the same state
+    for i in range(warmup):
+      states[v], metrics = compiled[v](states[v], batches[v])
+      jax.block_until_ready((states[v], metrics))
+      if i == 0 and v in ('sam', 'optax_sam'):
+        first_params[v] = jax.device_get(states[v]['params'])
+    infos[v]['device_peak_bytes_after_warmup'] = _device_peak()
+    infos[v]['finite_after_warmup'] = bool(metrics['finite']) if warmup else None
+  times = {v: [] for v in variants}
+  for r in range(repeats):
+    monitor.sample()
+    order = variants[r % len(variants):] + variants[:r % len(variants)]
+    for v in order:
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        states[v], metrics = compiled[v](states[v], batches[v])
+      jax.block_until_ready((states[v], metrics))
+      times[v].append((time.perf_counter() - t0) / steps)
+    log(f"[{model['spec']}] round {r + 1}/{repeats}: "
+        + ', '.join(f'{v} {times[v][-1]:.3f}s' for v in variants))
+  out = {'model': model, 'batch': model['batch'], 'devices': mesh.devices.size, 'm': m,
+         'num_params': infos[variants[0]]['num_params'], 'variants': {}, 'time_ratios': {},
+         'memory_ratios': {}, 'flops_ratios': {}}
+  for v in variants:
+    out['variants'][v] = {**infos[v], 'step_s': _summary(times[v]),
+                          'images_per_s': model['batch'] / _median(times[v])}
+  for name, a, b, target in TIME_RATIOS:
+    if a in times and b in times:
+      paired = [x / y for x, y in zip(times[a], times[b])]
+      s = _summary(paired)
+      s.update(target=target, met=None if target is None else s['median'] <= target,
+               ratio_of_medians=_median(times[a]) / _median(times[b]))
+      out['time_ratios'][name] = s
+      ca, cb = infos[a]['cost'], infos[b]['cost']
+      # XLA's cost analysis counts a while loop's body once: sam_grouped scans its groups.
+      looped = any(infos[x].get('groups_per_device', 1) > 1 for x in (a, b))
+      if looped:
+        out['flops_ratios'][name] = None
+      elif ca and cb and ca.get('flops') and cb.get('flops'):
+        out['flops_ratios'][name] = {
+            'flops': ca['flops'] / cb['flops'],
+            'bytes_accessed': (ca.get('bytes accessed', 0) / cb['bytes accessed']
+                               if cb.get('bytes accessed') else None)}
+  for name, a, b, target in MEMORY_RATIOS:
+    if a in infos and b in infos and infos[a]['memory'] and infos[b]['memory']:
+      ma, mb = infos[a]['memory'], infos[b]['memory']
+      value = ma['peak_estimate_bytes'] / mb['peak_estimate_bytes']
+      out['memory_ratios'][name] = {
+          'value': value, 'temp_ratio': (ma['temp_size_in_bytes'] / mb['temp_size_in_bytes']
+                                         if mb['temp_size_in_bytes'] else None),
+          'target': target, 'met': None if target is None else value <= target}
+  if 'sam' in first_params and 'optax_sam' in first_params:
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['sam'])])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['optax_sam'])])
+    out['sam_vs_optax_first_step_max_abs_param_diff'] = float(np.max(np.abs(a - b)))
+  return out
+
+
+# --------------------------------------------------------------------------------- input pipelines
+def _synthetic_encoded(kind, distinct, width, height, seed=0):
+  """Encoded images: PNG 32×32 (CIFAR, as tfds stores it) or JPEG q=90 of ImageNet-like content."""
+  import numpy as np
+  import tensorflow as tf
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(distinct):
+    if kind == 'cifar':
+      img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+      out.append(tf.io.encode_png(img).numpy())
+      continue
+    # Smooth colour fields plus texture: JPEGs of about the size (bytes per pixel) of ImageNet photos.
+    coarse = rng.uniform(0, 255, size=(height // 25 + 2, width // 25 + 2, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse[None], (height, width), method='bicubic')[0].numpy()
+    img = np.clip(smooth + rng.normal(0, 18, size=smooth.shape), 0, 255).astype(np.uint8)
+    out.append(tf.io.encode_jpeg(img, quality=90).numpy())
+  return out
+
+
+def pipeline_worker(args: dict) -> dict:
+  """Throughput of data.make_train_iterator on synthetic encoded images (runs in a child process)."""
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  import data
+  kind = args['kind']
+  encoded = _synthetic_encoded(kind, args['distinct'], args.get('width', 32), args.get('height', 32))
+  n = args['num_examples']
+  images = [encoded[i % len(encoded)] for i in range(n)]
+  labels = np.arange(n, dtype=np.int64) % (10 if kind == 'cifar' else 1000)
+
+  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+    del self, split, decoders, read_config, kwargs
+    return tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels, 'id': labels})
+
+  if kind == 'cifar':
+    cfg = {'name': 'cifar10', 'num_train_examples': n}
+  else:
+    cfg = {'name': 'imagenet2012', 'num_train_examples': n, 'image_size': args['image_size'],
+           'randaugment_layers': args['randaugment_layers'],
+           'randaugment_magnitude': args['randaugment_magnitude']}
+  batch, batches = args['batch'], args['batches']
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    it = data.make_train_iterator(cfg, global_batch_size=batch, seed=0, process_index=0,
+                                  process_count=1)
+    steps_per_epoch = n // batch
+    warm = steps_per_epoch if kind == 'cifar' else 1  # CIFAR: the first epoch fills the cache
+    for _ in range(warm):
+      first = next(it)
+    t0 = time.perf_counter()
+    c0 = _own_cpu_seconds()
+    for _ in range(batches):
+      last = next(it)
+    wall = time.perf_counter() - t0
+    cpu = _own_cpu_seconds() - c0
+  return {'kind': kind, 'images_per_s': batch * batches / wall, 'wall_s': wall,
+          'cpu_cores_used': cpu / wall, 'batch': batch, 'batches': batches,
+          'image_shape': list(last['image'].shape[1:]), 'dtype': str(last['image'].dtype),
+          'mean_encoded_bytes': float(np.mean([len(e) for e in encoded])),
+          'affinity_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+          'finite': bool(np.isfinite(first['image']).all() and np.isfinite(last['image']).all())}
+
+
+def _run_worker(args: dict, cores):
+  """pipeline_worker in a child process restricted to ``cores`` (None: all cores)."""
+  def pin():
+    if cores is not None:
+      os.sched_setaffinity(0, cores)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--pipeline_worker', json.dumps(args)],
+                        capture_output=True, text=True, env=env, preexec_fn=pin, cwd=ROOT, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  if proc.returncode or not lines:
+    raise RuntimeError(f'pipeline worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+  return json.loads(lines[-1])
+
+
+def bench_pipelines(preset, *, pin, log):
+  out = {}
+  for kind in ('cifar', 'imagenet'):
+    args = dict(preset[kind], kind=kind)
+    if pin and hasattr(os, 'sched_setaffinity'):
+      one_core = {sorted(os.sched_getaffinity(0))[0]}
+      log(f'pipeline {kind}: one core')
+      single = _run_worker(args, one_core)
+      log(f'pipeline {kind}: all cores')
+      full = _run_worker(args, None)
+      method = 'child processes: one pinned to 1 core (sched_setaffinity), one on all cores'
+    else:
+      log(f'pipeline {kind}: in process (all cores; per core = total / cores used)')
+      full = pipeline_worker(args)
+      single = dict(full, images_per_s=full['images_per_s'] / max(full['cpu_cores_used'], 1e-9))
+      method = ('in process on all cores; "1 core" = images per CPU-second the process used '
+                '(images/s ÷ mean CPU cores used)')
+    out[kind] = {'config': args, 'one_core': single, 'all_cores': full, 'method': method,
+                 'images_per_s_per_core': single['images_per_s'],
+                 'images_per_s_all_cores': full['images_per_s']}
+  return out
+
+
+def _compare_pipeline(pipe, step_result, variant_names=('sgd', 'sam', 'rsam')):
+  rows = {}
+  for v in variant_names:
+    if v not in step_result['variants']:
+      continue
+    step_ips = step_result['variants'][v]['images_per_s']
+    rows[v] = {'step_images_per_s': step_ips,
+               'pipeline_over_step': pipe['images_per_s_all_cores'] / step_ips,
+               'cores_needed_to_feed_step': step_ips / pipe['images_per_s_per_core']}
+  strictest = min(rows, key=lambda v: rows[v]['pipeline_over_step'])
+  return {'model': step_result['model']['spec'], 'step_image_shape': step_result.get('image_shape'), 'by_step': rows, 'strictest_step': strictest,
+          'value': rows[strictest]['pipeline_over_step'], 'target': PIPELINE_TARGET,
+          'met': rows[strictest]['pipeline_over_step'] >= PIPELINE_TARGET}
+
+
+# ---------------------------------------------------------------------------------------- reports
+def _mb(x):
+  return f'{x / 2 ** 20:.1f}' if x is not None else 'n/a'
+
+
+def _gib(x):
+  return f'{x:.1f}' if x is not None else 'n/a'
+
+
+def _fmt_ratio(s):
+  return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+
+
+def _yes(met):
+  return '—' if met is None else ('met' if met else '**missed**')
+
+
+def markdown(report) -> str:
+  h, v, mon = report['hardware'], report['versions'], report['machine_load']
+  lines = [f"# Benchmark report ({report['preset']} preset)", '',
+           f"- Date (UTC): {report['date']}",
+           f"- Command: `{report['command']}`",
+           f"- Commit: {report['git']['commit']} (uncommitted changes: {report['git']['uncommitted_changes']})",
+           f"- Hardware: {h['cpu']}, {h['cpu_count']} CPU cores ({h['cpu_affinity']} usable), "
+           f"{_gib(h['memory_gib'])} GiB RAM; JAX {h['platform']} with {h['num_devices']} device(s) "
+           f"(XLA_FLAGS=`{h['xla_flags']}`)",
+           '- Versions: ' + ', '.join(f'{k} {val}' for k, val in v.items()),
+           f"- Machine load: 1-min load average {mon['load_average_before'][0]:.2f} before, "
+           + (f"median {mon['load_average_1min_during']['median']:.2f} "
+              f"[{mon['load_average_1min_during']['min']:.2f}–{mon['load_average_1min_during']['max']:.2f}] "
+              f"during the step timings (this benchmark included), " if mon['load_average_1min_during'] else '')
+           + f"{mon['load_average_after'][0]:.2f} after; other processes used "
+           + (f"{mon['other_processes_cpu_cores_mean']:.2f}" if 'other_processes_cpu_cores_mean' in mon else 'n/a')
+           + f" CPU cores on average over the {mon['wall_s']:.0f} s run (this one: "
+           f"{mon['own_cpu_cores_mean']:.2f}).",
+           '', '## Targets', '',
+           '| model | metric | value (median of paired rounds [min–max]) | target | status |',
+           '|---|---|---|---|---|']
+  for r in report['step_times']:
+    for name, s in r['time_ratios'].items():
+      tgt = f"≤ {s['target']:.2f}" if s['target'] is not None else '(none)'
+      lines.append(f"| {r['model']['spec']} | step time {name} | {_fmt_ratio(s)} | {tgt} | {_yes(s['met'])} |")
+    for name, s in r['memory_ratios'].items():
+      if s['target'] is not None:
+        lines.append(f"| {r['model']['spec']} | peak memory {name} | {s['value']:.3f} | ≤ {s['target']:.2f} "
+                     f"| {_yes(s['met'])} |")
+  for kind, c in report.get('pipeline_vs_step', {}).items():
+    lines.append(f"| {c['model']} | {kind} pipeline / {c['strictest_step']} step (images/s) | "
+                 f"{c['value']:.2f} | ≥ {c['target']:.1f} | {_yes(c['met'])} |")
+  lines += ['', 'Ratios are medians over rounds of the per-round ratio of the two variants (each round '
+            'times every variant back to back, so both see the same machine state); min–max is the '
+            'spread over rounds.', '']
+  for r in report['step_times']:
+    lines += [f"## Step times: {r['model']['spec']}", '',
+              f"{r['num_params'] / 1e6:.2f}M parameters, batch {r['batch']}, {r['devices']} device(s), "
+              f"m = {r['m']} for sam_grouped; {report['settings']['repeats']} rounds × "
+              f"{report['settings']['steps']} steps after {report['settings']['warmup']} warm-up steps.", '',
+              '| variant | step s: median [min–max] | images/s | compile s (lower + compile) | '
+              'peak memory MB (args+out+temp−alias) | temp MB | GFLOP/step | GB accessed/step |',
+              '|---|---|---|---|---|---|---|---|']
+    for name, x in r['variants'].items():
+      s, mem, cost = x['step_s'], x['memory'] or {}, x['cost'] or {}
+      gflop = f"{cost['flops'] / 1e9:.2f}" if cost.get('flops') else 'n/a'
+      gbytes = f"{cost['bytes accessed'] / 1e9:.2f}" if cost.get('bytes accessed') else 'n/a'
+      lines.append(
+          f"| {name} | {s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}] | {x['images_per_s']:.1f} | "
+          f"{x['lower_s'] + x['compile_s']:.1f} ({x['lower_s']:.1f} + {x['compile_s']:.1f}) | "
+          f"{_mb(mem.get('peak_estimate_bytes'))} | {_mb(mem.get('temp_size_in_bytes'))} | {gflop} | "
+          f"{gbytes} |")
+    if r['flops_ratios']:
+      lines += ['', 'XLA cost-analysis ratios (noise-free; what the time ratios would be if time followed '
+                'flops or bytes): ' + '; '.join(
+                    (f"{k}: flops {f['flops']:.3f}" + (f", bytes {f['bytes_accessed']:.3f}"
+                                                       if f['bytes_accessed'] else '')
+                     if f else f'{k}: n/a (the cost analysis counts the scan over groups once)')
+                    for k, f in r['flops_ratios'].items())]
+    if 'sam_vs_optax_first_step_max_abs_param_diff' in r:
+      lines += ['', f"Our SAM and optax.contrib.sam from the same state: max |Δparams| after one step = "
+                f"{r['sam_vs_optax_first_step_max_abs_param_diff']:.2e}."]
+    peaks = {k: x['device_peak_bytes_after_warmup'] for k, x in r['variants'].items()}
+    if any(p is not None for p in peaks.values()):
+      lines += ['', 'Device peak_bytes_in_use after each warm-up (process high-water mark, in compile '
+                'order): ' + ', '.join(f'{k} {_mb(p)} MB' for k, p in peaks.items())]
+    lines.append('')
+  if 'pipelines' in report:
+    lines += ['## Input pipelines', '',
+              '| pipeline | images/s on 1 core | images/s on all cores | output | mean encoded bytes |',
+              '|---|---|---|---|---|']
+    for kind, p in report['pipelines'].items():
+      lines.append(f"| {kind} | {p['images_per_s_per_core']:.1f} | {p['images_per_s_all_cores']:.1f} | "
+                   f"{'×'.join(map(str, p['all_cores']['image_shape']))} {p['all_cores']['dtype']} | "
+                   f"{p['all_cores']['mean_encoded_bytes']:.0f} |")
+    lines += ['', f"Method: {next(iter(report['pipelines'].values()))['method']}.", '',
+              '| pipeline | feeds | step | step images/s | pipeline/step (all cores) | cores the pipeline '
+              'needs to keep up |', '|---|---|---|---|---|---|']
+    for kind, c in report['pipeline_vs_step'].items():
+      for v, row in c['by_step'].items():
+        lines.append(f"| {kind} | {c['model']} | {v} | {row['step_images_per_s']:.1f} | "
+                     f"{row['pipeline_over_step']:.2f} | {row['cores_needed_to_feed_step']:.3f} |")
+    lines.append('')
+  lines += ['## Method', '', report['method'], '']
+  return '\n'.join(lines)
+
+
+def check_report(report) -> list:
+  """Problems with a report's shape (empty when well-formed): every ratio present, finite, positive."""
+  problems = []
+
+  def num(x, where):
+    if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+      problems.append(f'{where}: {x!r} is not a finite positive number')
+  if not report.get('step_times'):
+    problems.append('no step_times')
+  for r in report.get('step_times', []):
+    tag = r.get('model', {}).get('spec')
+    for name, _, _, _ in TIME_RATIOS:
+      if name not in r.get('time_ratios', {}):
+        problems.append(f'{tag}: missing time ratio {name}')
+      else:
+        num(r['time_ratios'][name]['median'], f'{tag} time {name}')
+    for name, _, _, _ in MEMORY_RATIOS:
+      if name not in r.get('memory_ratios', {}):
+        problems.append(f'{tag}: missing memory ratio {name}')
+      else:
+        num(r['memory_ratios'][name]['value'], f'{tag} memory {name}')
+    for v in VARIANTS:
+      x = r.get('variants', {}).get(v)
+      if x is None:
+        problems.append(f'{tag}: missing variant {v}')
+        continue
+      num(x['step_s']['median'], f'{tag} {v} step_s')
+      num(x['compile_s'], f'{tag} {v} compile_s')
+  for kind in ('cifar', 'imagenet'):
+    p = report.get('pipelines', {}).get(kind)
+    if p is None:
+      problems.append(f'missing pipeline {kind}')
+      continue
+    num(p['images_per_s_per_core'], f'{kind} pipeline per core')
+    num(p['images_per_s_all_cores'], f'{kind} pipeline all cores')
+    c = report.get('pipeline_vs_step', {}).get(kind)
+    if c is None:
+      problems.append(f'missing pipeline_vs_step {kind}')
+    else:
+      num(c['value'], f'{kind} pipeline/step')
+  return problems
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--preset', choices=sorted(PRESETS), default='full')
+  p.add_argument('--out', default=os.path.join('results', 'benchmarks'),
+                 help='folder for benchmark.json and benchmark.md (relative to the repository)')
+  p.add_argument('--models', nargs='+', help='model specs (see PRESETS), overriding the preset')
+  p.add_argument('--variants', nargs='+', choices=VARIANTS, default=list(VARIANTS))
+  p.add_argument('--repeats', type=int)
+  p.add_argument('--steps', type=int, help='steps per variant per round')
+  p.add_argument('--warmup', type=int)
+  p.add_argument('--m', type=int, help='examples per m-sharpness group for sam_grouped')
+  p.add_argument('--imagenet_step', help="model spec of the step the ImageNet pipeline feeds ('' = none)")
+  p.add_argument('--host_devices', type=int,
+                 help='CPU only: number of XLA host devices (sets XLA_FLAGS before JAX starts)')
+  p.add_argument('--fast_compile', action='store_true',
+                 help="compile at XLA's lowest optimisation level (quick checks only: slower steps)")
+  p.add_argument('--skip_pipelines', action='store_true')
+  p.add_argument('--no_pin', action='store_true', help='measure pipelines in process (no child processes)')
+  p.add_argument('--pipeline_worker', help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parse_args(argv)
+  if args.pipeline_worker:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    print(json.dumps(pipeline_worker(json.loads(args.pipeline_worker))), flush=True)
+    return None
+  if args.host_devices and 'jax' not in sys.modules:
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+             if not f.startswith('--xla_force_host_platform_device_count')]
+    os.environ['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={args.host_devices}'])
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  preset = dict(PRESETS[args.preset])
+  if args.fast_compile:
+    preset['fast_compile'] = True
+  for key in ('models', 'repeats', 'steps', 'warmup', 'm', 'imagenet_step'):
+    if getattr(args, key) is not None:
+      preset[key] = getattr(args, key)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from rsam.training import loop  # pylint: disable=g-import-not-at-top
+
+  def log(msg):
+    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+  monitor = MachineMonitor()
+  mesh = loop.make_mesh()
+  report = {'preset': args.preset, 'command': _command(argv),
+            'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M'),
+            'git': _git(), 'hardware': _hardware(), 'versions': _versions(),
+            'settings': {k: preset[k] for k in ('models', 'repeats', 'steps', 'warmup', 'm',
+                                                'imagenet_step', 'fast_compile')},
+            'method': __doc__.split('What is measured, and how\n-------------------------\n')[1].strip(),
+            'step_times': []}
+  variants = tuple(v for v in VARIANTS if v in args.variants)
+  for spec in preset['models']:
+    model = _parse_model(spec)
+    report['step_times'].append(bench_updaters(
+        model, variants=variants, repeats=preset['repeats'], steps=preset['steps'],
+        warmup=preset['warmup'], m=preset['m'], mesh=mesh, monitor=monitor, log=log,
+        fast_compile=preset['fast_compile']))
+  if not args.skip_pipelines:
+    imagenet_step = None
+    if preset['imagenet_step']:
+      model = _parse_model(preset['imagenet_step'])
+      imagenet_step = bench_updaters(model, variants=('sgd',), repeats=max(2, preset['repeats'] // 3),
+                                     steps=1, warmup=1, m=None, mesh=mesh, monitor=monitor, log=log,
+                                     fast_compile=preset['fast_compile'])
+      report['imagenet_step'] = imagenet_step
+    jax.clear_caches()
+    report['pipelines'] = bench_pipelines(preset, pin=preset['pin'] and not args.no_pin, log=log)
+    report['pipeline_vs_step'] = {'cifar': _compare_pipeline(report['pipelines']['cifar'],
+                                                             report['step_times'][0])}
+    # Without an ImageNet-resolution step (smoke preset) the first model's step stands in.
+    report['pipeline_vs_step']['imagenet'] = _compare_pipeline(
+        report['pipelines']['imagenet'], imagenet_step or report['step_times'][0])
+  report['machine_load'] = monitor.result()
+  out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'benchmark.json'), 'w') as f:
+    json.dump(report, f, indent=1, default=str)
+  with open(os.path.join(out, 'benchmark.md'), 'w') as f:
+    f.write(markdown(report))
+  problems = check_report(report) if not args.skip_pipelines else []
+  log(f"report: {os.path.join(args.out, 'benchmark.md')}" + (f'; PROBLEMS: {problems}' if problems else ''))
+  return report
+
+
+if __name__ == '__main__':
+  main()

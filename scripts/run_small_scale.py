@@ -1,0 +1,128 @@
+r"""Issue #5 driver: the val sweep and the final six-updater table, many runs in ONE process.
+
+    python scripts/run_small_scale.py --phase tune     # val sweep (seeds 0, 1): picks TUNED
+    python scripts/run_small_scale.py --phase final    # 6 updaters x seeds 100..104 with TUNED
+    python scripts/run_small_scale.py --phase custom --runs updater=sam,rho=0.1 updater=plain
+
+Every run goes through ``rsam.training.loop.train_and_evaluate`` with ``configs/small_scale.py:<arg>``;
+one process runs them all, so JAX/TF start once (each run still compiles its own train step). A run's
+workdir is ``<workroot>/<phase>/<name>`` (gitignored ``workdirs/`` by default; the checkpoint stays
+there for scripts/gradient_stability.py) and its ``results.json`` is copied to
+``<out>/<phase>/<name>/results.json``. A run whose copy exists is skipped, so a killed driver is
+resumed by rerunning the same command. One JSON line per finished run is appended to
+``<out>/<phase>/runs.jsonl``.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('WANDB_MODE', 'disabled')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The val sweep: one axis at a time around the defaults (see results/small_scale/README.md).
+TUNE_SEEDS = (0, 1)
+TUNE_GRID = (
+    ['updater=plain'] +
+    [f'updater=lpf_sgd,gamma={g}' for g in (0.002, 0.006, 0.02)] +
+    [f'updater=sam,rho={r}' for r in (0.02, 0.05, 0.1, 0.2)] +
+    # R-SAM: ρ over SAM's grid at λ = 2 (official) and γ = 0.002; then γ and λ one at a time at ρ = 0.1.
+    [f'updater=rsam,rho={r},lam=2,gamma=0.002' for r in (0.05, 0.1, 0.2)] +
+    [f'updater=rsam,rho=0.1,lam=2,gamma={g}' for g in (0.0005, 0.006)] +
+    [f'updater=rsam,rho=0.1,lam={l},gamma=0.002' for l in (0.5, 8.0)] +
+    # GSAM / R-GSAM: constant ρ; α = 0.4 (GSAM's value) over the ρ grid, α = 0.1 at ρ = 0.1.
+    [f'updater=gsam,rho={r},alpha=0.4' for r in (0.05, 0.1, 0.2)] + ['updater=gsam,rho=0.1,alpha=0.1'] +
+    [f'updater=rgsam,rho={r},alpha=0.4,lam=2,gamma=0.002' for r in (0.05, 0.1, 0.2)]
+)
+# Added after the first LPF-SGD runs put the best γ at the top of its grid: one more step up for every
+# updater's main knob (ρ = 0.5; γ = 0.05 for LPF-SGD, 0.02 for R-SAM), decided before any other result.
+TUNE_GRID_EXT = (
+    ['updater=lpf_sgd,gamma=0.05', 'updater=sam,rho=0.5', 'updater=rsam,rho=0.5,lam=2,gamma=0.002',
+     'updater=rsam,rho=0.1,lam=2,gamma=0.02', 'updater=gsam,rho=0.5,alpha=0.4',
+     'updater=rgsam,rho=0.5,alpha=0.4,lam=2,gamma=0.002']
+)
+# Stage 2, added when the R-SAM ρ sweep put its best ρ at 0.2 (the γ/λ axes above were run at 0.1):
+# R-SAM's γ bracket around 0.002 at ρ = 0.2, and GSAM's α = 0.1 at ρ = 0.2; then, when α = 0.1 won for
+# GSAM, the same α for R-GSAM at its best ρ (0.2).
+TUNE_GRID_STAGE2 = (
+    [f'updater=rsam,rho=0.2,lam=2,gamma={g}' for g in (0.0005, 0.006)] + ['updater=gsam,rho=0.2,alpha=0.1'] +
+    ['updater=rgsam,rho=0.2,alpha=0.1,lam=2,gamma=0.002']
+)
+GRIDS = {'base': TUNE_GRID, 'ext': TUNE_GRID_EXT, 'stage2': TUNE_GRID_STAGE2,
+         'all': TUNE_GRID + TUNE_GRID_EXT + TUNE_GRID_STAGE2}
+FINAL_UPDATERS = ('plain', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam')
+FINAL_SEEDS = (100, 101, 102, 103, 104)  # fresh seeds: none of them was used to pick TUNED
+
+
+def run_name(arg: str) -> str:
+  return arg.replace('updater=', '').replace(',', '_').replace('=', '')
+
+
+def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all') -> list:
+  if phase == 'tune':
+    runs = [f'{a},seed={s}' for s in (seeds or TUNE_SEEDS) for a in GRIDS[grid]]
+  elif phase == 'final':
+    runs = [f'updater={u},seed={s}' for s in (seeds or FINAL_SEEDS) for u in FINAL_UPDATERS]
+  else:
+    runs = list(custom)
+  if updaters:
+    runs = [r for r in runs if r.split(',')[0].split('=')[1] in updaters]
+  return runs
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--phase', choices=('tune', 'final', 'custom'), required=True)
+  parser.add_argument('--runs', nargs='*', default=(), help='config args for --phase custom')
+  parser.add_argument('--seeds', type=int, nargs='*', default=None, help='override the phase seeds')
+  parser.add_argument('--updaters', nargs='*', default=None, help='only the runs of these updaters')
+  parser.add_argument('--grid', choices=tuple(GRIDS), default='all', help='part of the tune grid')
+  parser.add_argument('--workroot', default='workdirs/small_scale')
+  parser.add_argument('--out', default='results/small_scale')
+  parser.add_argument('--dry_run', action='store_true', help='list the runs and exit')
+  parser.add_argument('--total_steps', type=int, default=None, help='smoke tests only: cap every run')
+  args = parser.parse_args(argv)
+
+  runs = phase_runs(args.phase, args.runs, args.seeds, args.updaters, args.grid)
+  if args.dry_run:
+    print('\n'.join(runs))
+    return
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  from configs import small_scale
+  from rsam.training.loop import train_and_evaluate
+
+  out_dir = os.path.join(args.out, args.phase)
+  os.makedirs(out_dir, exist_ok=True)
+  start = time.time()
+  print(f'{len(runs)} runs in phase {args.phase}', flush=True)
+  for i, arg in enumerate(runs):
+    name = run_name(arg)
+    copy = os.path.join(out_dir, name, 'results.json')
+    if os.path.exists(copy):
+      print(f'[{i + 1}/{len(runs)}] {name}: done before, skipped', flush=True)
+      continue
+    workdir = os.path.abspath(os.path.join(args.workroot, args.phase, name))  # orbax wants absolute
+    if os.path.exists(workdir):  # an interrupted run: start it again from scratch
+      shutil.rmtree(workdir)
+    t0 = time.time()
+    print(f'[{i + 1}/{len(runs)}] {name} (configs/small_scale.py:{arg})', flush=True)
+    config = small_scale.get_config(arg)
+    if args.total_steps:
+      config.total_steps = args.total_steps
+    results = train_and_evaluate(config, workdir)
+    os.makedirs(os.path.dirname(copy), exist_ok=True)
+    shutil.copy(os.path.join(workdir, 'results.json'), copy)
+    line = {'name': name, 'arg': arg, 'val': results['eval']['val']['accuracy'],
+            'test': results['eval']['test']['accuracy'], 'wall_s': round(time.time() - t0, 1)}
+    with open(os.path.join(out_dir, 'runs.jsonl'), 'a') as f:
+      f.write(json.dumps(line) + '\n')
+    print(f'RESULT {json.dumps(line)} | driver elapsed {time.time() - start:.0f}s', flush=True)
+  print(f'phase {args.phase} finished in {time.time() - start:.0f}s', flush=True)
+
+
+if __name__ == '__main__':
+  main()

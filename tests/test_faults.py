@@ -1,0 +1,770 @@
+"""Fault-injection suite (issue #7): what a run that lasts days on preemptible machines must survive.
+
+    python -m pytest -m faults -q                       # about 3 minutes on 2 CPU cores
+    RSAM_FAULTS_SEED=123 python -m pytest -m faults -q  # replay the kill points of an earlier run
+    python scripts/reliability_report.py                # runs the suite, writes results/reliability.md
+
+One config everywhere (``_config``): configs/tiny.py (R-SAM, constant rho) with m-sharpness m=4 (12 steps
+on the offline digits, 8 fake CPU devices from conftest), so every fault also covers the noise and group
+keys that R-SAM draws per step and per group. Compilation dominates, so the
+module turns on JAX's persistent compilation cache (a fresh folder per session, shared with the
+subprocesses through JAX_COMPILATION_CACHE_DIR): the step compiles once for the whole suite. Everything
+that does not need a separate process runs ``train_and_evaluate`` in-process; subprocesses are used for
+kill -9 / SIGTERM (one chain of processes on one workdir) and for the command line's exit code and stderr.
+
+Hooks, all from the outside: a NaN/Inf is injected by wrapping ``data.make_train_iterator`` (the batch of a
+chosen step gets a non-finite pixel); "before any work" is proven by replacing ``jax.jit``, the data
+iterators and the dataset readers with functions that fail; 1 device is a 1-device mesh
+(``loop.make_mesh`` patched) in the same process.
+
+Facts each test establishes are collected in ``REPORT`` and, when RSAM_FAULTS_REPORT names a file, written
+there as JSON for scripts/reliability_report.py.
+"""
+import concurrent.futures
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.faults
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = int(os.environ.get('RSAM_FAULTS_SEED', random.SystemRandom().randrange(10**6)))
+REPORT = {'seed': SEED}
+TOTAL_STEPS = 12
+
+# A config file for the subprocesses: the same run as _config(), checkpointing and logging every step.
+_SUBPROCESS_CONFIG = '''
+from configs import tiny
+
+
+def get_config():
+  c = tiny.get_config('rsam')
+  c.updater.m = 4
+  c.checkpoint_every_steps = 1
+  c.log_every_steps = 1
+  return c
+'''
+
+
+def _config(**overrides):
+  from configs import tiny
+  c = tiny.get_config('rsam')
+  c.updater.m = 4
+  return _config_from(c, overrides)
+
+
+def _config_from(c, overrides):
+  for key, value in overrides.items():
+    node, *path = [c] + key.split('.')
+    for name in path[:-1]:
+      node = node[name]
+    with node.ignore_type():
+      node[path[-1]] = value
+  return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compile_cache(tmp_path_factory):
+  """JAX's persistent compilation cache, in-process and for the subprocesses, for this module only."""
+  from jax.experimental.compilation_cache import compilation_cache
+  path = str(tmp_path_factory.mktemp('jax_cache'))
+  settings = {'jax_compilation_cache_dir': path, 'jax_persistent_cache_min_compile_time_secs': 0,
+              'jax_persistent_cache_min_entry_size_bytes': -1}
+  before = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # an earlier compile may have decided "no cache" for the process
+  yield path
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  if os.environ.get('RSAM_FAULTS_REPORT'):
+    with open(os.environ['RSAM_FAULTS_REPORT'], 'w') as f:
+      json.dump(REPORT, f, indent=2, default=str)
+
+
+def _env(cache_dir):
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1', WANDB_MODE='disabled', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'))
+  return env
+
+
+def _train(config, workdir, **kwargs):
+  from rsam.training import loop
+  return loop.train_and_evaluate(config, str(workdir), **kwargs)
+
+
+_TARGET = []
+
+
+def _target():
+  """A train state of _config() on the 8-device mesh: the restore target (built once)."""
+  from rsam.training import loop
+  if not _TARGET:
+    _TARGET.append(loop.build(_config(), loop.make_mesh()).init_state())
+  return _TARGET[0]
+
+
+def _states(workdir, steps):
+  """{step: train state of that checkpoint in ``workdir``, as numpy leaves}."""
+  from rsam.training import checkpointing
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
+  out = {}
+  try:
+    for step in steps:
+      got, state = ckpt.restore(step, _target())
+      assert got == step
+      out[step] = jax.tree.map(np.asarray, jax.device_get(state))
+  finally:
+    ckpt.close()
+  return out
+
+
+def _state(workdir, step):
+  return _states(workdir, [step])[step]
+
+
+def _assert_states_equal(a, b):
+  paths_a, leaves_a = zip(*jax.tree_util.tree_flatten_with_path(a)[0])
+  paths_b, leaves_b = zip(*jax.tree_util.tree_flatten_with_path(b)[0])
+  assert paths_a == paths_b
+  for path, x, y in zip(paths_a, leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  return len(leaves_a)
+
+
+def _steps(workdir):
+  directory = os.path.join(str(workdir), 'checkpoints')
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
+def _hashes(directory):
+  """{relative path: sha256} of every file under ``directory``."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _checkpoint_hashes(workdir, steps):
+  return {s: _hashes(os.path.join(str(workdir), 'checkpoints', str(s))) for s in steps}
+
+
+def _train_scalars(workdir):
+  """{(step, tag): value} of the train/* scalars in the TensorBoard events (timings left out)."""
+  import tensorflow as tf
+  out = {}
+  for path in sorted(glob.glob(os.path.join(str(workdir), 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.tag.startswith('train/') and 'per_s' not in v.tag:
+          value = tf.make_ndarray(v.tensor) if v.HasField('tensor') else v.simple_value
+          out[(event.step, v.tag)] = float(value)
+  return out
+
+
+class _NoWork:
+  """Patches jax.jit, the data iterators and the dataset readers to fail: a config error must come first."""
+
+  def __init__(self, monkeypatch):
+    from data import sources
+    from rsam.training import loop
+
+    def fail(*args, **kwargs):
+      raise AssertionError('compilation or data loading started before the config error')
+
+    def jit(*args, **kwargs):  # wrapping a function is no work; calling the result (compiling) is
+      return fail
+    monkeypatch.setattr(jax, 'jit', jit)
+    for module, name in ((loop.data, 'make_train_iterator'), (loop.data, 'make_eval_sets'),
+                         (sources, '_digits_splits'), (sources, 'tfds_builder'), (sources, 'tfds_read')):
+      monkeypatch.setattr(module, name, fail)
+
+
+# Bookkeeping fields of the reference run (not part of the run's identity, nor of the compiled step).
+EVERY_STEP = dict(checkpoint_every_steps=1, keep_checkpoints=TOTAL_STEPS)
+
+
+@pytest.fixture(scope='module')
+def reference(request, compile_cache, tmp_path_factory):
+  """An uninterrupted run of _config(): its workdir (a checkpoint of every step), results and final state.
+
+  The subprocess work (kill chain, command line) needs nothing else, so it starts here, in a background
+  thread, and runs on the second core while the in-process tests run; its tests collect the results."""
+  workdir = tmp_path_factory.mktemp('reference')
+  start = time.time()
+  results = _train(_config(**EVERY_STEP), workdir)
+  REPORT['reference_run_s'] = round(time.time() - start, 1)
+  assert _steps(workdir) == list(range(1, TOTAL_STEPS + 1))
+  ref = {'workdir': workdir, 'results': results, 'state': _state(workdir, TOTAL_STEPS)}
+  _start_background(request, compile_cache, ref, tmp_path_factory)
+  return ref
+
+
+def _copy_run(reference, tmp_path, name='run'):
+  workdir = tmp_path / name
+  shutil.copytree(reference['workdir'], workdir)
+  return workdir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Determinism
+
+
+def test_same_seed_twice_gives_identical_metrics_and_parameters(reference, tmp_path):
+  results = _train(_config(), tmp_path / 'again')
+  assert results['eval'] == reference['results']['eval']
+  scalars, ref_scalars = _train_scalars(tmp_path / 'again'), _train_scalars(reference['workdir'])
+  assert scalars and scalars == ref_scalars
+  leaves = _assert_states_equal(_state(tmp_path / 'again', TOTAL_STEPS), reference['state'])
+  REPORT['same_seed'] = {'train_scalars_compared': len(scalars), 'state_leaves_bit_identical': leaves}
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - y))) for x, y in zip(jax.tree.leaves(a),
+                                                                                  jax.tree.leaves(b)))
+
+
+def test_one_and_eight_devices_agree_for_the_same_m(reference, tmp_path, monkeypatch, capsys):
+  """Same m=4 groups and noise keys on 1 and 8 devices; only the order of the float sums that average the
+  groups differs (a scan over 8 groups on one device; a mean per device, then pmean). After one step the two
+  states agree to float precision; over 12 steps this tiny config amplifies any such difference (R-SAM with
+  BatchNorm over 4 examples, lr 0.05), which the control shows: the 8-device run with its initial
+  parameters scaled by 1 + 1e-7 drifts as far."""
+  from jax.sharding import Mesh
+  from rsam.training import loop
+  with monkeypatch.context() as m:
+    m.setattr(loop, 'make_mesh', lambda: Mesh(np.asarray(jax.devices()[:1]), ('data',)))
+    results = _train(_config(**EVERY_STEP), tmp_path / 'one_device')
+  assert ', 1 devices' in capsys.readouterr().out
+  steps = (1, 2, 3, 6, TOTAL_STEPS)
+  ones, eights = _states(tmp_path / 'one_device', steps), _states(reference['workdir'], steps)
+  drift = {step: _max_diff(ones[step]['params'], eights[step]['params']) for step in steps}
+  identical = drift[1] == 0
+  for (p, x), y in zip(jax.tree_util.tree_flatten_with_path(ones[1])[0], jax.tree.leaves(eights[1])):
+    # float32 sums of the same terms in another order: an error relative to the leaf's scale
+    scale = float(np.max(np.abs(y))) if np.size(y) else 0.0
+    assert np.max(np.abs(np.asarray(x, np.float64) - y), initial=0) <= 1e-4 * scale + 1e-7, \
+        f'step 1 {jax.tree_util.keystr(p)}'
+  real_init = loop.init_variables
+
+  def perturbed_init(*args, **kwargs):
+    params, model_state = real_init(*args, **kwargs)
+    return jax.tree.map(lambda x: x * (1 + 1e-7), params), model_state
+  monkeypatch.setattr(loop, 'init_variables', perturbed_init)
+  _train(_config(), tmp_path / 'perturbed')
+  control = _max_diff(_state(tmp_path / 'perturbed', TOTAL_STEPS)['params'], reference['state']['params'])
+  assert drift[1] < 1e-5
+  # The final difference is of the size a 1e-7 perturbation grows to: sensitivity, not a device effect.
+  assert drift[TOTAL_STEPS] < 20 * max(control, 1e-6), (drift, control)
+  REPORT['devices'] = {'max_abs_param_diff_by_step': drift, 'bit_identical_after_step_1': identical,
+                       'control_8_devices_init_times_1_plus_1e-7_step_12': control,
+                       'eval_1_device': results['eval'], 'eval_8_devices': reference['results']['eval']}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad configurations: a one-line error naming the field and the fix, before any compilation or data loading
+
+BAD_CONFIGS = [  # (what, overrides, text the message must contain)
+    ('unknown model', {'model.name': 'resnet_huge'}, ['config.model.name', 'choose one of']),
+    ('unknown updater', {'updater.name': 'rsamm'}, ['config.updater.name', 'choose one of']),
+    ('unknown dataset', {'data.name': 'cifar11'}, ['data.name', 'valid names']),
+    ('unknown optimizer', {'optimizer.name': 'adam'}, ['config.optimizer.name', 'choose one of']),
+    ('unknown schedule', {'schedule.name': 'cosinus'}, ['config.schedule.name', 'choose one of']),
+    ('batch_size of the wrong type', {'batch_size': 'x'}, ['config.batch_size', 'must be']),
+    ('lr of the wrong type', {'optimizer.lr': '0.1'}, ['config.optimizer.lr', 'must be']),
+    ('lr not finite', {'optimizer.lr': float('nan')}, ['config.optimizer.lr', 'finite']),
+    ('negative rho', {'updater.rho': -0.05}, ['config.updater.rho', '>= 0']),
+    ('negative gamma', {'updater.gamma': -1e-3}, ['config.updater.gamma', '>= 0']),
+    ('negative lambda', {'updater.lam': -2.0}, ['config.updater.lam', '>= 0']),
+    ('rho tied to a constant lr', {'updater.rho_schedule': 'lr_tied', 'schedule.name': 'constant'},
+     ["rho_schedule='constant'", 'lr_max']),
+    ('m does not divide the per-device batch', {'updater.m': 3}, ['config.updater.m', 'per-device batch 4']),
+    ('grad_accum_steps does not divide', {'updater.m': None, 'grad_accum_steps': 3},
+     ['config.grad_accum_steps', 'divisor']),
+    ('batch not divisible by the devices', {'batch_size': 36}, ['config.batch_size', 'multiple of 8']),
+    ('eval set without its dataset', {'data.name': 'cifar10', 'eval_sets': ('imagenet_real',)},
+     ["'imagenet_real'", 'cifar10', 'valid']),
+    ('eval_sets a string', {'eval_sets': 'test'}, ['config.eval_sets', "('test',)"]),
+    ('warm-up longer than the run', {'schedule.warmup_steps': 12}, ['config.schedule.warmup_steps', 'lower']),
+    ("'step' schedule without boundaries", {'schedule.name': 'step'}, ['config.schedule.step_boundaries']),
+    ('optimizer field misspelt', {'optimizer.weight_decy': 0.0}, ['config.optimizer.weight_decy', 'remove']),
+    ('unknown model override', {'model.overrides': {'widht': 2}}, ['config.model.overrides', 'widht']),
+    ('non-finite updater field', {'updater.rho': float('inf')}, ['config.updater.rho', 'finite']),
+    ('unknown nan_policy', {'nan_policy': 'ignore'}, ['config.nan_policy', "'skip'"]),
+    ('total_steps of the wrong type', {'total_steps': '12'}, ['config.total_steps', 'int']),
+]
+
+
+@pytest.mark.parametrize('what,overrides,expected', BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
+def test_bad_config_is_one_line_before_any_work(what, overrides, expected, tmp_path, monkeypatch):
+  from data import DataError
+  from rsam.errors import ConfigError
+  config = _config(**overrides)
+  _NoWork(monkeypatch)
+  start = time.time()
+  with pytest.raises((ConfigError, DataError)) as info:
+    _train(config, tmp_path / 'work')
+  seconds = time.time() - start
+  message = str(info.value)
+  assert '\n' not in message, message
+  for text in expected:
+    assert text in message, message
+  assert not (tmp_path / 'work').exists(), 'a bad config wrote into the workdir'
+  assert seconds < 2, seconds
+  REPORT.setdefault('bad_configs', {})[what] = {'error': f'{type(info.value).__name__}: {message}',
+                                                 'seconds': round(seconds, 3)}
+
+
+def test_unwritable_workdir_is_one_line_error(tmp_path, monkeypatch):
+  from rsam.errors import ConfigError
+  (tmp_path / 'a_file').write_text('')
+  _NoWork(monkeypatch)
+  with pytest.raises(ConfigError) as info:
+    _train(_config(), tmp_path / 'a_file' / 'work')
+  message = str(info.value)
+  assert '\n' not in message and '--workdir' in message and 'writable' in message, message
+  REPORT.setdefault('bad_configs', {})['unwritable workdir'] = {'error': f'ConfigError: {message}'}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A workdir of a different run
+
+
+def test_resume_into_a_different_config_is_refused_unless_forced(reference, tmp_path, monkeypatch, capsys):
+  from rsam.errors import ConfigError
+  workdir = _copy_run(reference, tmp_path)
+  other = _config(**{'data.label_noise': 0.1})  # same compiled step, a different run
+  with monkeypatch.context() as m:
+    _NoWork(m)
+    with pytest.raises(ConfigError) as info:
+      _train(other, workdir)
+  message = str(info.value)
+  assert '\n' not in message and 'data.label_noise' in message and '--force_resume' in message, message
+  # Bookkeeping fields (cadence, eval sets) may change on resume.
+  from rsam.training import config_check
+  config_check.check_workdir(_config(checkpoint_every_steps=2, log_every_steps=1), str(workdir), force=False)
+  capsys.readouterr()
+  _train(other, workdir, force_resume=True)
+  assert f'resumed from step {TOTAL_STEPS}' in capsys.readouterr().out
+  with open(workdir / 'config.json') as f:
+    assert json.load(f)['data']['label_noise'] == 0.1
+  REPORT['identity'] = {'refused': message, 'forced': 'resumed from step 12, config.json rewritten'}
+
+
+def test_start_that_failed_before_any_checkpoint_does_not_lock_the_workdir(tmp_path, monkeypatch):
+  """A start that fails after writing config.json but before any checkpoint (here: CIFAR-10 not prepared;
+  also a crash or a kill during compilation) must not lock the workdir to that config; a run with checkpoints
+  whose config.json is half-written names the file and the way out."""
+  from data import DataError
+  from rsam.errors import ConfigError
+  from rsam.training import config_check
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_tfds_data'))
+  with pytest.raises(DataError, match='not prepared'):
+    _train(_config(**{'data.name': 'cifar10'}), tmp_path / 'work')
+  assert (tmp_path / 'work' / 'config.json').exists() and not _steps(tmp_path / 'work')
+  config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)  # the corrected config: accepted
+  with open(tmp_path / 'work' / 'config.json') as f:
+    assert json.load(f)['data']['name'] == 'digits'
+  os.makedirs(tmp_path / 'work' / 'checkpoints' / '4')
+  (tmp_path / 'work' / 'config.json').write_text('{"seed": 0, "data": {')  # half-written
+  with pytest.raises(ConfigError) as info:
+    config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)
+  message = str(info.value)
+  assert '\n' not in message and 'config.json' in message and '--force_resume' in message, message
+  REPORT['late_failure'] = {'first_error': 'DataError: CIFAR-10 not prepared (config.json written)',
+                            'corrected_config': 'accepted', 'half_written_config_json': message}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+def _data_files(ckpt_dir):
+  return sorted(p for p in glob.glob(os.path.join(ckpt_dir, 'default', 'ocdbt.process_0', 'd', '*')))
+
+
+def _truncate(path, fraction=0.5):
+  with open(path, 'r+b') as f:
+    f.truncate(int(os.path.getsize(path) * fraction))
+
+
+def _damage_remove_data(d):
+  os.remove(max(_data_files(d), key=os.path.getsize))
+
+
+def _damage_truncate_data(d):
+  _truncate(max(_data_files(d), key=os.path.getsize))
+
+
+def _damage_truncate_metadata(d):
+  _truncate(os.path.join(d, 'default', '_METADATA'))
+
+
+def _damage_remove_manifest(d):
+  os.remove(os.path.join(d, 'default', 'manifest.ocdbt'))
+
+
+def _damage_empty_folder(d):
+  shutil.rmtree(d)
+  os.mkdir(d)
+
+
+DAMAGES = {'data file removed': _damage_remove_data, 'data file truncated': _damage_truncate_data,
+           'tree metadata truncated': _damage_truncate_metadata, 'manifest removed': _damage_remove_manifest,
+           'checkpoint folder empty': _damage_empty_folder}
+
+
+@pytest.mark.parametrize('damage', list(DAMAGES))
+def test_damaged_latest_checkpoint_falls_back_to_newest_intact(damage, reference, tmp_path, capsys):
+  from rsam.training import checkpointing
+  workdir = _copy_run(reference, tmp_path)
+  older = list(range(1, TOTAL_STEPS))
+  intact = _checkpoint_hashes(workdir, older)
+  latest = os.path.join(workdir, 'checkpoints', str(TOTAL_STEPS))
+  DAMAGES[damage](latest)
+  damaged = _hashes(latest)
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=TOTAL_STEPS, cleanup_tmp=True)
+  step, state = ckpt.restore_latest(_target())
+  ckpt.close()
+  assert step == 11
+  _assert_states_equal(jax.tree.map(np.asarray, jax.device_get(state)), _state(reference['workdir'], 11))
+  out = capsys.readouterr().out
+  assert 'checkpoint 12' in out and 'damaged' in out and 'resuming from step 11' in out, out
+  assert _checkpoint_hashes(workdir, older) == intact  # intact ones untouched
+  assert _hashes(latest + '.damaged') == damaged  # the damaged one set aside, not deleted
+  REPORT.setdefault('damage', {})[damage] = [line for line in out.splitlines() if 'damaged' in line][0]
+
+
+def test_resume_after_damaged_checkpoints_and_interrupted_save_ends_bit_identical(reference, tmp_path,
+                                                                                   capsys):
+  """The whole restart: checkpoint 12 truncated, 11 without its manifest, an interrupted save of 12 beside
+  them -> resume from 10 and finish with the reference's parameters; intact checkpoints never rewritten."""
+  workdir = _copy_run(reference, tmp_path)
+  ckpts = workdir / 'checkpoints'
+  shutil.copytree(ckpts / '12', ckpts / '12.orbax-checkpoint-tmp-1700000000')
+  _damage_truncate_data(str(ckpts / '12'))
+  _damage_remove_manifest(str(ckpts / '11'))
+  os.remove(workdir / 'results.json')
+  intact = _checkpoint_hashes(workdir, range(1, 11))
+  results = _train(_config(**EVERY_STEP), workdir)
+  out = capsys.readouterr().out
+  assert 'checkpoint 12' in out and 'checkpoint 11' in out and 'resumed from step 10' in out, out
+  assert _checkpoint_hashes(workdir, range(1, 11)) == intact
+  assert os.path.isdir(ckpts / '12.damaged') and os.path.isdir(ckpts / '11.damaged')
+  assert not glob.glob(str(ckpts / '*tmp*')), 'interrupted save left behind'
+  assert results['eval'] == reference['results']['eval']
+  _assert_states_equal(_state(workdir, TOTAL_STEPS), reference['state'])
+  REPORT['damage_full_restart'] = ('12 truncated + 11 without manifest + interrupted save of 12: resumed '
+                                   'from 10, final state bit-identical, the interrupted save removed')
+
+
+def test_no_intact_checkpoint_stops_with_one_line_and_moves_nothing(reference, tmp_path):
+  from rsam.training import checkpointing
+  workdir = _copy_run(reference, tmp_path)
+  for step in _steps(workdir):
+    _damage_truncate_data(str(workdir / 'checkpoints' / str(step)))
+  before = _hashes(str(workdir / 'checkpoints'))
+  for attempt in range(2):  # the second start must fail the same way, not silently start from scratch
+    with pytest.raises(checkpointing.CheckpointError) as info:
+      _train(_config(), workdir)
+    message = str(info.value)
+    assert '\n' not in message and str(workdir / 'checkpoints') in message, message
+    assert _hashes(str(workdir / 'checkpoints')) == before
+  REPORT['no_intact'] = message
+
+
+@pytest.mark.xfail(strict=True, reason='orbax keeps no checksums: most flipped bytes inside an array data '
+                   'file restore without error, with wrong values (documented limitation)')
+def test_flipped_bytes_in_array_data_are_detected(reference, tmp_path):
+  """One byte flipped at 5 places (one at a time) of checkpoint 12's largest array file."""
+  from rsam.training import checkpointing
+  outcomes = []
+  for i, fraction in enumerate((0.1, 0.3, 0.5, 0.7, 0.9)):
+    workdir = tmp_path / f'flip{i}'
+    for step in (11, 12):
+      shutil.copytree(reference['workdir'] / 'checkpoints' / str(step), workdir / 'checkpoints' / str(step))
+    path = max(_data_files(str(workdir / 'checkpoints' / '12')), key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      f.seek(int(os.path.getsize(path) * fraction))
+      byte = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([byte[0] ^ 0xFF]))
+    ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=TOTAL_STEPS)
+    step, state = ckpt.restore_latest(_target())
+    ckpt.close()
+    if step == 11:
+      outcomes.append('detected')
+    else:
+      same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(jax.device_get(state)),
+                                                      jax.tree.leaves(reference['state'])))
+      outcomes.append('restored, identical' if same else 'restored with wrong values, no error')
+  REPORT['flipped_byte'] = outcomes
+  assert all(o == 'detected' for o in outcomes), outcomes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NaN / Inf
+
+
+def _inject(monkeypatch, bad_steps):
+  """Wraps the train iterator: the batch of step s (1-based) in ``bad_steps`` gets one non-finite pixel."""
+  from rsam.training import loop
+  real = loop.data.make_train_iterator
+
+  def make_train_iterator(*args, start_step=0, **kwargs):
+    for index, batch in enumerate(real(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if index in bad_steps:
+        batch = dict(batch, image=np.array(batch['image'], copy=True))
+        batch['image'][0, 0, 0, 0] = bad_steps[index]
+      yield batch
+  monkeypatch.setattr(loop.data, 'make_train_iterator', make_train_iterator)
+
+
+def test_nan_with_policy_stop_names_step_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypatch):
+  from rsam.training import config_check
+  _inject(monkeypatch, {6: np.nan})
+  config = _config(checkpoint_every_steps=2)  # step 6 is a checkpoint step: it must not be saved
+  with pytest.raises(config_check.NonFiniteError) as info:
+    _train(config, tmp_path / 'nan')
+  message = str(info.value)
+  assert '\n' not in message and 'at step 6' in message and 'loss' in message, message
+  assert max(_steps(tmp_path / 'nan')) == 4
+  _assert_states_equal(_state(tmp_path / 'nan', 4), _state(reference['workdir'], 4))
+  REPORT['nan_stop'] = message
+
+
+def test_nan_and_inf_with_policy_skip_drop_those_steps(tmp_path, monkeypatch, capsys):
+  _inject(monkeypatch, {3: np.inf, 7: np.nan})
+  results = _train(_config(nan_policy='skip'), tmp_path / 'skip')
+  out = capsys.readouterr().out
+  assert results['skipped_steps'] == [3, 7]
+  assert 'skipped step 3' in out and 'skipped step 7' in out, out
+  state = _state(tmp_path / 'skip', TOTAL_STEPS)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+  REPORT['nan_skip'] = {'skipped_steps': results['skipped_steps'], 'eval': results['eval']}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Processes: SIGTERM (preemption) and kill -9 at random steps, then the command line
+
+_BACKGROUND = {}
+
+
+def _start_background(request, cache_dir, reference, tmp_path_factory):
+  """Starts _run_kill_chain and _run_command_lines, one after the other in one thread, if a selected test
+  needs them."""
+  wanted = [name for name in ('kill_chain', 'command_lines')
+            if any(name in item.fixturenames for item in request.session.items)]
+  if not wanted:
+    return
+  dirs = {name: tmp_path_factory.mktemp(name) for name in wanted}
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='faults')
+  jobs = {'kill_chain': _run_kill_chain, 'command_lines': _run_command_lines}
+  for name in wanted:
+    _BACKGROUND[name] = pool.submit(jobs[name], cache_dir, reference, dirs[name])
+  pool.shutdown(wait=False)
+
+
+class _Process:
+  """train.py in a subprocess; ``until_step`` reads its stdout until 'step k/' and sends a signal."""
+
+  def __init__(self, args, cache_dir, log_dir, name, timeout=300):
+    self.stderr_path = os.path.join(log_dir, f'{name}.stderr')
+    self.stdout_lines = []
+    self.start = time.time()
+    with open(self.stderr_path, 'w') as err:
+      self.proc = subprocess.Popen([sys.executable, 'train.py'] + args, cwd=ROOT, env=_env(cache_dir),
+                                   stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+    self.watchdog = threading.Timer(timeout, self.proc.kill)
+    self.watchdog.start()
+
+  def resumed_from(self):
+    """Reads stdout up to the line saying where the run starts: the step it resumed from (0: fresh)."""
+    for line in self.proc.stdout:
+      self.stdout_lines.append(line.rstrip())
+      if line.startswith('resumed from step '):
+        return int(line.split()[3])
+      if line.startswith('training '):
+        return 0
+    return None
+
+  def until_step(self, step, sig, delay):
+    """Sends ``sig`` ``delay`` s after the process reports step ``step``; then waits for it to end."""
+    signalled = None
+    for line in self.proc.stdout:
+      self.stdout_lines.append(line.rstrip())
+      if signalled is None and line.startswith(f'step {step}/'):
+        time.sleep(delay)
+        self.proc.send_signal(sig)
+        signalled = step
+    return self.wait(), signalled
+
+  def wait(self):
+    for line in self.proc.stdout:
+      self.stdout_lines.append(line.rstrip())
+    _, status, usage = os.wait4(self.proc.pid, 0)
+    self.proc.returncode = os.waitstatus_to_exitcode(status)
+    self.watchdog.cancel()
+    self.seconds = round(time.time() - self.start, 1)
+    self.cpu_s = round(usage.ru_utime + usage.ru_stime, 1)
+    return self.proc.returncode
+
+  @property
+  def stderr(self):
+    with open(self.stderr_path) as f:
+      return f.read()
+
+
+def _run_kill_chain(cache_dir, reference, base):
+  """One workdir, one command: SIGTERM at a random step, then kill -9 at three random later steps (a random
+  delay after the step's log line, so kills land in steps and in checkpoint saves alike), then a run to the
+  end. The config checkpoints every step and keeps 3."""
+  del reference
+  rng = random.Random(SEED)
+  config_file = base / 'chain_config.py'
+  config_file.write_text(_SUBPROCESS_CONFIG)
+  workdir = base / 'work'
+  args = ['--config', str(config_file), '--workdir', str(workdir)]
+  events = []
+  for i, sig in enumerate([signal.SIGTERM] + [signal.SIGKILL] * 3 + [None]):
+    interrupted_saves = len(glob.glob(str(workdir / 'checkpoints' / '*tmp*')))
+    proc = _Process(args, cache_dir, str(base), f'p{i}')
+    start = proc.resumed_from()
+    assert start is not None, proc.stdout_lines + [proc.stderr]
+    event = {'signal': sig and sig.name, 'started_at_step': start, 'tmp_dirs_at_start': interrupted_saves}
+    if sig is None:
+      event['rc'] = proc.wait()
+    else:  # SIGTERM at step 2-3; each kill 1-2 steps after the step the process resumed from
+      target = rng.randint(2, 3) if sig == signal.SIGTERM else min(start + rng.randint(1, 2), TOTAL_STEPS - 1)
+      event['rc'], event['signal_after_step'] = proc.until_step(target, sig, rng.uniform(0, 0.15))
+    event.update(checkpoints_after=_steps(workdir), seconds=proc.seconds, cpu_s=proc.cpu_s,
+                 stderr=[line for line in proc.stderr.splitlines()
+                         if 'SIGTERM at step' in line or line.startswith('error') or 'Traceback' in line])
+    events.append(event)
+  REPORT['kill_chain'] = {'events': events}
+  return {'workdir': workdir, 'events': events}
+
+
+@pytest.fixture(scope='module')
+def kill_chain(reference):
+  return _BACKGROUND['kill_chain'].result(timeout=1200)
+
+
+def test_sigterm_writes_a_checkpoint_of_the_current_step_and_exits_143(kill_chain):
+  first, second = kill_chain['events'][0], kill_chain['events'][1]
+  assert first['signal_after_step'] is not None and first['rc'] == 143, first
+  lines = [line for line in first['stderr'] if 'SIGTERM at step' in line]
+  assert len(lines) == 1 and 'rerun' in lines[0] and 'Traceback' not in first['stderr'], first
+  step = int(lines[0].split('SIGTERM at step ')[1].split(':')[0])
+  assert step >= first['signal_after_step']
+  assert max(first['checkpoints_after']) == step  # the step it stopped at, not an older one
+  assert second['started_at_step'] == step
+  REPORT['kill_chain']['sigterm'] = {'message': lines[0], 'resumed_from': step}
+
+
+def test_kill_9_at_random_steps_then_restart_ends_bit_identical(kill_chain, reference):
+  kills = [e for e in kill_chain['events'] if e['signal'] == 'SIGKILL']
+  assert len(kills) == 3
+  for event in kills:
+    assert event['signal_after_step'] is not None and event['rc'] == -signal.SIGKILL, event
+  final = kill_chain['events'][-1]
+  assert final['rc'] == 0, final
+  with open(kill_chain['workdir'] / 'results.json') as f:
+    results = json.load(f)
+  assert results['eval'] == reference['results']['eval']
+  leaves = _assert_states_equal(_state(kill_chain['workdir'], TOTAL_STEPS), reference['state'])
+  assert not glob.glob(str(kill_chain['workdir'] / 'checkpoints' / '*tmp*'))
+  REPORT['kill_chain']['state_leaves_bit_identical'] = leaves
+
+
+def _run_command_lines(cache_dir, reference, base):
+  """train.py with bad configs (JAX_LOG_COMPILES=1 prints a line for every compilation, cached or not), on
+  a workdir of another run and on a workdir whose checkpoints are all damaged (which does compile: the
+  positive control of the compile detector); side by side."""
+  damaged = _copy_run(reference, base, 'all_damaged')
+  for step in _steps(damaged):
+    _damage_truncate_data(str(damaged / 'checkpoints' / str(step)))
+  damaged_before = _hashes(str(damaged / 'checkpoints'))
+  other = _copy_run(reference, base, 'other_run')
+  same_run = base / 'same_run_config.py'
+  same_run.write_text(_SUBPROCESS_CONFIG)
+  tiny = 'configs/tiny.py'
+  cases = {  # name: (args, workdir, text the error line must contain)
+      'negative lambda': (['--config', tiny, '--config.updater.lam=-2.0'], None, 'config.updater.lam'),
+      'eval set without its dataset': (['--config', tiny, '--config.data.name=cifar10',
+                                        "--config.eval_sets=('imagenet_real',)"], None, "'imagenet_real'"),
+      'workdir of a different config': (['--config', tiny, '--config.optimizer.lr=0.1'], other,
+                                        '--force_resume'),
+      'all checkpoints damaged': (['--config', str(same_run)], damaged, str(damaged / 'checkpoints')),
+  }
+  env = dict(_env(cache_dir), JAX_LOG_COMPILES='1')
+  procs = {}
+  for name, (args, workdir, _) in cases.items():
+    workdir = workdir or base / name.replace(' ', '_')
+    stderr_path = base / (name.replace(' ', '_') + '.stderr')
+    with open(stderr_path, 'w') as err:
+      procs[name] = (workdir, stderr_path, subprocess.Popen(
+          [sys.executable, 'train.py', *args, '--workdir', str(workdir)], cwd=ROOT, env=env,
+          stdout=subprocess.DEVNULL, stderr=err))
+  out = {}
+  for name, (workdir, stderr_path, proc) in procs.items():
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    _, status, usage = os.wait4(proc.pid, 0)  # the CPU seconds of this process alone, whatever the load
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out[name] = {'rc': proc.returncode, 'stderr': stderr_path.read_text(), 'expected': cases[name][2],
+                 'cpu_s': round(usage.ru_utime + usage.ru_stime, 1),
+                 'workdir_exists': os.path.exists(workdir)}
+  out['all checkpoints damaged']['unchanged'] = _hashes(str(damaged / 'checkpoints')) == damaged_before
+  return out
+
+
+@pytest.fixture(scope='module')
+def command_lines(reference):
+  return _BACKGROUND['command_lines'].result(timeout=1200)
+
+
+def test_command_line_errors_are_one_line_exit_2_and_compile_nothing(command_lines):
+  report = {}
+  for name, run in command_lines.items():
+    err = run['stderr']
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    compiles = [line for line in err.splitlines() if 'Compiling ' in line]
+    assert run['rc'] == 2, (name, err[-3000:])
+    assert len(errors) == 1 and run['expected'] in errors[0], (name, err[-3000:])
+    before, _, after = err.partition(errors[0])
+    assert 'Traceback' not in before, (name, err[-3000:])
+    # orbax threads and coroutines left by the failed restores can print at interpreter exit, after the
+    # error line (seen only under heavy load); recorded, not failed.
+    if name == 'all checkpoints damaged':
+      assert compiles, 'the compile detector saw nothing where something compiles'
+      assert run['unchanged']
+    else:
+      assert not compiles, (name, compiles[:3])
+    if name not in ('workdir of a different config', 'all checkpoints damaged'):
+      assert not run['workdir_exists'], name
+    report[name] = {'error_line': errors[0], 'cpu_s': run['cpu_s'], 'compilations': len(compiles),
+                    'traceback_at_exit': 'Traceback' in after}
+  REPORT['cli'] = report

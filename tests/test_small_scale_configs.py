@@ -1,0 +1,101 @@
+"""configs/small_scale.py (issue #5): every updater's config validates, parses, and trains two steps."""
+import json
+import os
+
+import pytest
+
+from configs import small_scale
+from rsam.training import config_check
+from scripts import run_small_scale
+
+
+@pytest.mark.parametrize('updater', small_scale.UPDATERS)
+def test_every_updater_validates_with_the_shared_budget(updater):
+  c = small_scale.get_config(f'updater={updater},seed=3')
+  config_check.validate(c)
+  assert c.updater.name == updater and c.seed == 3
+  assert (c.data.name, c.model.name) == ('digits', 'resnet_tiny')
+  assert c.data.train_subset == small_scale.SETTING['train_subset']
+  assert c.data.label_noise == small_scale.SETTING['label_noise']
+  assert (c.optimizer.name, c.optimizer.lr, c.schedule.name) == ('momentum', small_scale.SETTING['lr'], 'cosine')
+  assert config_check.total_steps(c) == 500  # 320 examples / 64 x 100 epochs, the same for all
+  for key, value in small_scale.TUNED[updater].items():
+    assert c.updater[key] == value
+  if 'rho_schedule' in c.updater:
+    assert c.updater.rho_schedule == 'constant'
+
+
+def test_overrides_and_bad_arguments():
+  c = small_scale.get_config('updater=rgsam,rho=0.2,alpha=0.1,gamma=0.006,lam=8')
+  assert (c.updater.rho, c.updater.alpha, c.updater.gamma, c.updater.lam) == (0.2, 0.1, 0.006, 8.0)
+  assert small_scale.get_config('').updater.name == 'rsam'
+  with pytest.raises(ValueError, match='no field'):
+    small_scale.get_config('updater=sam,gamma=0.1')
+  with pytest.raises(ValueError, match='unknown key'):
+    small_scale.get_config('updater=sam,lr=0.1')
+  with pytest.raises(ValueError, match='choose one of'):
+    small_scale.get_config('updater=adam')
+
+
+def test_driver_runs_cover_the_grid_and_names_are_unique():
+  tune = run_small_scale.phase_runs('tune', (), None)
+  final = run_small_scale.phase_runs('final', (), None)
+  assert len(final) == 6 * len(run_small_scale.FINAL_SEEDS)
+  assert not set(run_small_scale.FINAL_SEEDS) & set(run_small_scale.TUNE_SEEDS)
+  names = [run_small_scale.run_name(a) for a in tune + final]
+  assert len(set(names)) == len(names)
+  for arg in tune + final:  # every run's config builds and validates
+    config_check.validate(small_scale.get_config(arg))
+
+
+@pytest.mark.parametrize('updater', ['rsam'])
+def test_config_trains_two_steps(updater):
+  """build() + the loop's train step on the config's own data, two steps on one device (no sharding, no
+  eval: the full train_and_evaluate path is the driver's, exercised by the experiment itself)."""
+  import jax
+  import numpy as np
+  import data
+  from rsam.training import loop
+  c = small_scale.get_config(f'updater={updater},seed=5')
+  config_check.validate(c)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  run = loop.build(c, mesh)
+  fast = {'xla_backend_optimization_level': 0}  # halves XLA's CPU compile time; 2 steps need no speed
+  state = run.init_state.lower().compile(fast)()
+  batches = data.make_train_iterator(c.data, global_batch_size=c.batch_size, seed=c.seed)
+  batch = {k: jax.numpy.asarray(v) for k, v in next(batches).items()}
+  step = jax.jit(loop.make_train_step(c, run.model, run.updater, run.tx, run.num_classes))
+  step = step.lower(state, batch).compile(fast)
+  for i in range(2):
+    state, metrics = step(state, batch if i == 0 else
+                          {k: jax.numpy.asarray(v) for k, v in next(batches).items()})
+  assert int(state['step']) == 2
+  assert bool(metrics['finite']) and np.isfinite(float(metrics['loss']))
+  assert float(metrics['rho']) == pytest.approx(small_scale.TUNED[updater]['rho'])
+
+
+def test_driver_records_results_and_skips_finished_runs(tmp_path, monkeypatch):
+  from rsam.training import loop
+  calls = []
+
+  def fake_train(config, workdir):  # the driver's bookkeeping, without the training
+    os.makedirs(workdir, exist_ok=True)
+    calls.append((config.updater.name, config.seed, config.total_steps))
+    results = {'config': config.to_dict(), 'eval': {'val': {'accuracy': 0.5}, 'test': {'accuracy': 0.25}}}
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+    return results
+
+  monkeypatch.setattr(loop, 'train_and_evaluate', fake_train)
+  argv = ['--phase', 'custom', '--runs', 'updater=rgsam,seed=5', 'updater=plain', '--total_steps', '2',
+          '--workroot', str(tmp_path / 'work'), '--out', str(tmp_path / 'out')]
+  os.makedirs(tmp_path / 'work' / 'custom' / 'rgsam_seed5')  # an interrupted run's workdir is redone
+  run_small_scale.main(argv)
+  assert calls == [('rgsam', 5, 2), ('plain', 0, 2)]
+  with open(tmp_path / 'out' / 'custom' / 'rgsam_seed5' / 'results.json') as f:
+    assert json.load(f)['config']['updater']['name'] == 'rgsam'
+  with open(tmp_path / 'out' / 'custom' / 'runs.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  assert [(d['name'], d['val'], d['test']) for d in lines] == [('rgsam_seed5', 0.5, 0.25), ('plain', 0.5, 0.25)]
+  run_small_scale.main(argv)  # a rerun skips both
+  assert len(calls) == 2
