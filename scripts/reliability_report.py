@@ -223,7 +223,11 @@ STATIC = '''## Bugs the suite found, and the fixes
   names the directory. Interrupted saves (`*.orbax-checkpoint-tmp-*`) were never removed and would pile up
   (a full checkpoint each); the trainer now deletes them when it opens the directory (eval.py does not, so
   it can run beside a training). It does so itself, synchronously: orbax's `cleanup_tmp_directories` runs
-  in a thread that, under load, outlived the process and printed a traceback after the error line.
+  in a thread that, under load, outlived the process and printed a traceback after the error line. A
+  restore that fails inside orbax leaves tensorstore reads and coroutines behind that later printed pages of
+  "Event loop is closed" / "Encountered error while reading array index" tracebacks around the one-line
+  message; exactly those reports are now dropped (an unraisable-exception hook and an asyncio log filter,
+  installed at the first failed restore).
 - `rsam/training/loop.py`: with `nan_policy='stop'` the non-finite check ran one step late, after the
   step's checkpoint was written, so a NaN at a checkpoint step left a checkpoint labelled with that step
   (holding the previous parameters) and a restart silently skipped the step; a SIGTERM right after a NaN
@@ -256,9 +260,6 @@ STATIC = '''## Bugs the suite found, and the fixes
 - `config_check.check_workdir` and the `results.json` write use `os`/`open`, so a `gs://` workdir (the
   documented TPU usage) would put config.json and results.json on the local disk of a preemptible VM
   (lost with it; the identity check then never fires); orbax itself writes to GCS.
-- A restore that fails inside orbax leaves asyncio tasks behind: they may print "Event loop is closed" /
-  "Exception ignored" tracebacks later (pytest shows them as PytestUnraisableExceptionWarning; through
-  `train.py` they come after the fallback warning or after the one `error:` line). Noise only; orbax's.
 - SIGTERM during the final evaluation (after the last checkpoint) ends the process with the default
   action (exit -15, no message); rerunning resumes at the last step and evaluates again.
 

@@ -12,6 +12,7 @@ checksums). The train state holds the step; the data position and every PRNG key
 """
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -71,6 +72,7 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # orbax raises many types for damaged files; any failure means "not intact"
         failed.append((step, e))
+        _quiet_failed_restore_leftovers()
         self._reopen()
         continue
       for bad, e in failed:  # only now that an older one restored: set the newer ones aside
@@ -99,6 +101,7 @@ class Checkpointer:
         return candidate, self.manager.restore(candidate, args=ocp.args.StandardRestore(target))
       except Exception as e:  # a damaged checkpoint: try the one before when no step was asked for
         error = e
+        _quiet_failed_restore_leftovers()
         self._reopen()
     self.close()
     raise CheckpointError(f'checkpoint {candidate} in {self.directory} does not restore '
@@ -129,3 +132,36 @@ def _brief(e: Exception) -> str:
   """`Type: first line` of an exception, at most 160 characters (tensorstore errors are pages long)."""
   text = str(e).strip().splitlines()[0] if str(e).strip() else ''
   return f'{type(e).__name__}: {text[:160]}' if text else type(e).__name__
+
+
+# What a restore that failed inside orbax leaves behind: tensorstore reads that complete after orbax closed
+# their event loop, and coroutines never awaited. They report later, as pages of tracebacks on stderr (as
+# unraisable exceptions or asyncio's "... exception was never retrieved"), after the failure was handled.
+_LEFTOVERS = ('Event loop is closed', 'Encountered error while reading array index')
+
+
+def _is_leftover(exc) -> bool:
+  return exc is not None and str(exc).startswith(_LEFTOVERS)
+
+
+class _LeftoverFilter(logging.Filter):
+  def filter(self, record):
+    return not (str(record.msg).startswith(('Future exception was never retrieved',
+                                            'Task exception was never retrieved')) and
+                record.exc_info and _is_leftover(record.exc_info[1]))
+
+
+def _quiet_failed_restore_leftovers() -> None:
+  """Drops exactly those reports (installed once, at the first failed restore); anything else still shows."""
+  asyncio_logger = logging.getLogger('asyncio')
+  if not any(isinstance(f, _LeftoverFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_LeftoverFilter())
+  if getattr(sys.unraisablehook, 'rsam_quiet', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_leftover(unraisable.exc_value):
+      previous(unraisable)
+  hook.rsam_quiet = True
+  sys.unraisablehook = hook
