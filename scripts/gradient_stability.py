@@ -310,6 +310,12 @@ def report(out_dirs: Sequence[str], rhos: Sequence[float] = (0.1, 0.2, 0.5, 1.0)
                    if scale else f'| {label} | 0 | 0 | ')
       lines[-1] += (f"{c['loss0_mean']:.3f} | " + ' | '.join(cell('cos', i) for i in idx) + ' | ' +
                     ' | '.join(cell('gain', i) for i in idx) + ' |')
+    lines += ['', f"L at R-SAM's eq. 7 point w + ρ (δ0 + λ g(ŵ)) / ‖δ0 + λ g(ŵ)‖, λ = {info['lam_eq7']:g}:", '',
+              '| curve | ' + ' | '.join(f'ρ={all_rhos[i]:g}' for i in idx) + ' |', '|' + '---|' * (1 + len(idx))]
+    for name, c in info['per_curve'].items():
+      label = 'vanilla' if name == 'vanilla' else f'γ = {float(name):g}'
+      lines.append(f'| {label} | ' + ' | '.join(f"{c['loss_eq7_mean'][i]:.3f} ± {c['loss_eq7_std'][i]:.3f}"
+                                                for i in idx) + ' |')
     lines.append('')
   return '\n'.join(lines)
 

@@ -3,6 +3,7 @@ r"""Issue #5 driver: the val sweep and the final six-updater table, many runs in
     python scripts/run_small_scale.py --phase tune     # val sweep (seeds 0, 1): picks TUNED
     python scripts/run_small_scale.py --phase final    # 6 updaters x seeds 100..104 with TUNED
     python scripts/run_small_scale.py --phase custom --runs updater=sam,rho=0.1 updater=plain
+    python scripts/run_small_scale.py --phase final --paired test   # per-seed R-SAM − SAM etc.
 
 Every run goes through ``rsam.training.loop.train_and_evaluate`` with ``configs/small_scale.py:<arg>``;
 one process runs them all, so JAX/TF start once (each run still compiles its own train step). A run's
@@ -73,6 +74,34 @@ def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all') -> l
   return runs
 
 
+PAIRS = (('rsam', 'sam'), ('rgsam', 'gsam'), ('sam', 'plain'), ('lpf_sgd', 'plain'), ('gsam', 'sam'))
+
+
+def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS) -> str:
+  """Markdown: per pair (a, b) of updaters, a − b in accuracy points seed by seed (a seed fixes the init,
+  the data order and the augmentation for both), with mean ± std and the standard error over seeds."""
+  import math
+  acc = {}
+  with open(os.path.join(out_dir, 'runs.jsonl')) as f:
+    for line in f:
+      d = json.loads(line)
+      fields = dict(kv.split('=') for kv in d['arg'].split(','))
+      acc[(fields['updater'], int(fields.get('seed', 0)))] = 100.0 * d[eval_set]
+  out = [f'Paired differences on {eval_set} (accuracy points, a − b on the same seed)', '',
+         '| a − b | per seed | mean ± std | s.e.m. | a wins |', '|---|---|---|---|---|']
+  for a, b in pairs:
+    seeds = sorted(s for (u, s) in acc if u == a and (b, s) in acc)
+    if not seeds:
+      continue
+    diffs = [acc[(a, s)] - acc[(b, s)] for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else float('nan')
+    per = ', '.join(f'{s}: {x:+.2f}' for s, x in zip(seeds, diffs))
+    out.append(f'| {a} − {b} | {per} | {mean:+.2f} ± {std:.2f} | {std / math.sqrt(len(diffs)):.2f} | '
+               f'{sum(x > 0 for x in diffs)}/{len(diffs)} |')
+  return '\n'.join(out)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--phase', choices=('tune', 'final', 'custom'), required=True)
@@ -84,7 +113,12 @@ def main(argv=None):
   parser.add_argument('--out', default='results/small_scale')
   parser.add_argument('--dry_run', action='store_true', help='list the runs and exit')
   parser.add_argument('--total_steps', type=int, default=None, help='smoke tests only: cap every run')
+  parser.add_argument('--paired', metavar='EVAL_SET', default=None,
+                      help='print the paired per-seed differences of <out>/<phase>/runs.jsonl and exit')
   args = parser.parse_args(argv)
+  if args.paired:
+    print(paired_differences(os.path.join(args.out, args.phase), args.paired))
+    return
 
   runs = phase_runs(args.phase, args.runs, args.seeds, args.updaters, args.grid)
   if args.dry_run:

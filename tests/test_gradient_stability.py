@@ -155,3 +155,22 @@ def test_gain_csv_and_plots(tmp_path):
   lines = (tmp_path / 'curves.csv').read_text().splitlines()
   assert len(lines) == 1 + 2 * len(RHOS) and lines[0].startswith('curve,gamma,rho,n,cos_mean')
   assert (tmp_path / 'fig1_cosine.png').stat().st_size > 0 and (tmp_path / 'fig2_loss.png').stat().st_size > 0
+
+
+def test_report_reads_summary_json(tmp_path):
+  import json
+  params = _params()
+  f, _ = _linear(params)
+  samples = gs.stability_samples(_as_loss_fn(f), params, {}, [None, None], jax.random.key(0), RHOS, [0.05],
+                                 num_draws=2)
+  summary = gs.summarize(samples)
+  info = {'config': 'cfg', 'step': 7, 'noise': 'kernelwise', 'num_batches': 2, 'num_draws': 2, 'batch_size': 1,
+          'param_norm': 1.0, 'num_params': 16, 'rhos': RHOS.tolist(), 'lam_eq7': 2.0,
+          'noise_scale': {'0.05': {'relative_to_w': 0.1, 'gamma_iso_squared': 0.01}},
+          'per_curve': {str(k): {n: (v.tolist() if isinstance(v, np.ndarray) else v) for n, v in s.items()}
+                        for k, s in summary.items()}}
+  (tmp_path / 'summary.json').write_text(json.dumps(info))
+  text = gs.report([str(tmp_path)], rhos=(0.1, 1.0))
+  assert '| vanilla | 0 | 0 |' in text and '| γ = 0.05 | 0.100 | 0.01 |' in text
+  assert '(Δ +0.000 ± 0.000)' in text.replace('-0.000', '+0.000')  # linear: no paired difference
+  assert "eq. 7" in text

@@ -99,3 +99,13 @@ def test_driver_records_results_and_skips_finished_runs(tmp_path, monkeypatch):
   assert [(d['name'], d['val'], d['test']) for d in lines] == [('rgsam_seed5', 0.5, 0.25), ('plain', 0.5, 0.25)]
   run_small_scale.main(argv)  # a rerun skips both
   assert len(calls) == 2
+
+
+def test_paired_differences(tmp_path):
+  rows = [('sam', 0, 0.90), ('rsam', 0, 0.92), ('sam', 1, 0.80), ('rsam', 1, 0.79), ('plain', 0, 0.5)]
+  with open(tmp_path / 'runs.jsonl', 'w') as f:
+    for u, s, a in rows:
+      f.write(json.dumps({'arg': f'updater={u},seed={s}', 'val': a, 'test': a}) + '\n')
+  text = run_small_scale.paired_differences(str(tmp_path), 'test', pairs=(('rsam', 'sam'), ('sam', 'plain')))
+  assert '| rsam − sam | 0: +2.00, 1: -1.00 | +0.50 ± 2.12 | 1.50 | 1/2 |' in text
+  assert '| sam − plain | 0: +40.00 | +40.00 ± nan |' in text
