@@ -11,9 +11,15 @@ slice of the batch and scans its groups one after another (memory of one perturb
 averages are then averaged over devices (``pmean``). Group k draws its noise and dropout from
 ``fold_in(key, k)`` with k the GLOBAL group index, so 1 and 8 devices compute the same update (up to
 float summation order). Model state (BatchNorm statistics) and metrics are the mean over groups.
+
+On CPU the groups are unrolled (``unroll=None``: unrolled on CPU only): XLA:CPU leaves the backward
+convolutions of a loop body to its slow generic emitter (jax-ml/jax#12868), which made a grouped ResNet
+step 20× slower than the ungrouped one (results/benchmarks/); unrolled it is faster than ungrouped, but
+XLA keeps every group's buffers, so memory is about that of the whole batch, and compile time grows with
+the number of groups. ``unroll=False`` keeps the loop (memory of one group) on any backend.
 """
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
@@ -27,6 +33,7 @@ class PerGroup:
   m: int
   mesh: Mesh
   axis: str = 'data'
+  unroll: Optional[bool] = None
 
   def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
     def per_device(params, model_state, batch, key, step):
@@ -38,7 +45,11 @@ class PerGroup:
         return self.updater(loss_fn, params, model_state, group,
                             jax.random.fold_in(key, first_group + k), step)
 
-      result = mean_over_parts(one, split_batch(batch, num_groups, interleaved=False), num_groups)
+      unroll = self.unroll
+      if unroll is None:
+        unroll = self.mesh.devices.flat[0].platform == 'cpu'
+      result = mean_over_parts(one, split_batch(batch, num_groups, interleaved=False), num_groups,
+                               unroll=unroll)
       return jax.lax.pmean(result, self.axis)
 
     return jax.shard_map(

@@ -58,8 +58,14 @@ def split_batch(batch: PyTree, num: int, *, interleaved: bool) -> PyTree:
   return jax.tree.map(split, batch)
 
 
-def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, num: int) -> PyTree:
-  """mean_k fn(parts[k], k), computed one part after another (lax.scan) so one part is live at a time."""
+def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, num: int,
+                    unroll: bool = False) -> PyTree:
+  """mean_k fn(parts[k], k), computed one part after another (lax.scan) so one part is live at a time.
+
+  ``unroll``: straight-line code instead of a loop (same sums in the same order). Faster where a loop
+  body compiles badly (backward convolutions on CPU, see rsam/msharpness.py), but XLA then keeps every
+  part's buffers: memory grows with ``num``, and so does compile time.
+  """
   if num == 1:
     return fn(jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
   first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
@@ -69,7 +75,7 @@ def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, nu
     part, k = xs
     return jax.tree.map(lambda t, v: t + v, total, fn(part, k)), None
 
-  total, _ = jax.lax.scan(body, zeros, (parts, jnp.arange(num)))
+  total, _ = jax.lax.scan(body, zeros, (parts, jnp.arange(num)), unroll=bool(unroll))
   return jax.tree.map(lambda t, s: (t / num).astype(s.dtype), total, first)
 
 
@@ -91,6 +97,20 @@ def mean_loss(loss_fn: LossFn, params, model_state, batch, rng, accum_steps: int
     part_rng = rng if accum_steps == 1 else jax.random.fold_in(rng, k)
     return loss_fn(params, model_state, part, part_rng)[0]
   return mean_over_parts(one, split_batch(batch, accum_steps, interleaved=True), accum_steps)
+
+
+def materialized(tree: PyTree, step) -> PyTree:
+  """``tree``, computed once into memory before its consumers read it (same values).
+
+  XLA fuses an elementwise producer into each of its consumers. For the noise δ0 (threefry bits and an
+  erf_inv polynomial per element) that recomputes the draw in every consumer of w + δ0 — on CPU even
+  inside activation-sized loops (a bias broadcast over batch × tokens), which made an R-SAM step 6% slower
+  than SAM on ViT-Ti/4 (results/benchmarks/). The result of a conditional is a fusion boundary (an
+  optimization_barrier is not: the CPU compiler removes it before fusion). Its predicate, step >= 0,
+  always holds: the zeros branch never runs.
+  """
+  return jax.lax.cond(jnp.asarray(step) >= 0, lambda t: t,
+                      lambda t: jax.tree.map(jnp.zeros_like, t), tree)
 
 
 def ascent_perturbation(params, direction, rho, *, adaptive: bool = False, eps: float = T.EPS):
@@ -167,7 +187,7 @@ class SharpnessAware:
       direction = g_first
     else:
       gamma = as_schedule(self.gamma)(step)
-      delta0 = kernelwise_noise(noise_key, params, gamma)
+      delta0 = materialized(kernelwise_noise(noise_key, params, gamma), step)
       loss, g_first, state, metrics = grad_at(T.add_scaled(params, 1.0, delta0))
       direction = jax.tree.map(lambda d, g: d + self.lam * g, delta0, g_first)
       diagnostics.update(gamma=jnp.asarray(gamma, jnp.float32), noise_norm=T.norm(delta0))
@@ -200,7 +220,7 @@ class LPFSGD:
     noise_key, dropout_key = jax.random.split(key)
 
     def one(chunk, k):
-      delta = kernelwise_noise(jax.random.fold_in(noise_key, k), params, gamma)
+      delta = materialized(kernelwise_noise(jax.random.fold_in(noise_key, k), params, gamma), step)
       result = value_and_grad(loss_fn, T.add_scaled(params, 1.0, delta), model_state, chunk,
                               jax.random.fold_in(dropout_key, k))
       return result + (T.norm(delta),)

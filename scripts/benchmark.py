@@ -1,7 +1,7 @@
 r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
 input-pipeline throughput, written as a markdown + JSON report.
 
-    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (about 30 min here)
+    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~10 min, 2 CPU cores)
     python scripts/benchmark.py --preset smoke --out /tmp/bench            # seconds; what the test runs
 
 What is measured, and how
@@ -44,7 +44,6 @@ Machine noise: the load average is sampled every round, and the CPU time that OT
 the run is computed from /proc/stat minus this process's own CPU time; both are in the report.
 """
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -88,9 +87,10 @@ PRESETS = {
     'full': dict(
         models=['resnet18:widths=32/64/128/256,batch=128', 'vit_ti4:depth=6,batch=128'],
         repeats=9, steps=1, warmup=2, m=16, fast_compile=False,
-        imagenet_step='vit_s16:batch=16,image=224,data=imagenet2012',
-        cifar=dict(num_examples=4096, batch=128, batches=24, distinct=512),
-        imagenet=dict(num_examples=256, batch=32, batches=6, distinct=32, width=500, height=375,
+        imagenet_step='vit_s16:batch=8,image=224,data=imagenet2012',
+        # Whole epochs (each epoch is a fresh tf.data pipeline that refills its shuffle buffer).
+        cifar=dict(num_examples=4096, batch=128, batches=64, distinct=512),
+        imagenet=dict(num_examples=256, batch=32, batches=7, distinct=32, width=500, height=375,
                       image_size=224, randaugment_layers=2, randaugment_magnitude=15),
         pin=True),
     # A ViT with no encoder block (patch embedding + head) on 8×8 digits, compiled at XLA's lowest
@@ -376,6 +376,8 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   if variant == 'sam_grouped':
     info['m'] = m
     info['groups_per_device'] = model['batch'] // mesh.devices.size // m
+    unroll = getattr(run.updater, 'unroll', None)
+    info['groups_unrolled'] = bool(mesh.devices.flat[0].platform == 'cpu' if unroll is None else unroll)
   return compiled, state, batch, info
 
 
@@ -416,40 +418,50 @@ def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor,
     log(f"[{model['spec']}] round {r + 1}/{repeats}: "
         + ', '.join(f'{v} {times[v][-1]:.3f}s' for v in variants))
   out = {'model': model, 'batch': model['batch'], 'devices': mesh.devices.size, 'm': m,
-         'num_params': infos[variants[0]]['num_params'], 'variants': {}, 'time_ratios': {},
-         'memory_ratios': {}, 'flops_ratios': {}}
+         'num_params': infos[variants[0]]['num_params'], 'variants': {}}
   for v in variants:
     out['variants'][v] = {**infos[v], 'step_s': _summary(times[v]),
                           'images_per_s': model['batch'] / _median(times[v])}
+  derive_ratios(out)
+  if 'sam' in first_params and 'optax_sam' in first_params:
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['sam'])])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['optax_sam'])])
+    out['sam_vs_optax_first_step_max_abs_param_diff'] = float(np.max(np.abs(a - b)))
+  return out
+
+
+def derive_ratios(out):
+  """Fills out['time_ratios'], ['memory_ratios'], ['flops_ratios'] from the per-variant measurements
+  (also used by --render to redo a report's derived numbers from its JSON)."""
+  variants = out['variants']
+  out['time_ratios'], out['memory_ratios'], out['flops_ratios'] = {}, {}, {}
   for name, a, b, target in TIME_RATIOS:
-    if a in times and b in times:
-      paired = [x / y for x, y in zip(times[a], times[b])]
-      s = _summary(paired)
-      s.update(target=target, met=None if target is None else s['median'] <= target,
-               ratio_of_medians=_median(times[a]) / _median(times[b]))
-      out['time_ratios'][name] = s
-      ca, cb = infos[a]['cost'], infos[b]['cost']
-      # XLA's cost analysis counts a while loop's body once: sam_grouped scans its groups.
-      looped = any(infos[x].get('groups_per_device', 1) > 1 for x in (a, b))
-      if looped:
-        out['flops_ratios'][name] = None
-      elif ca and cb and ca.get('flops') and cb.get('flops'):
-        out['flops_ratios'][name] = {
-            'flops': ca['flops'] / cb['flops'],
-            'bytes_accessed': (ca.get('bytes accessed', 0) / cb['bytes accessed']
-                               if cb.get('bytes accessed') else None)}
+    if a not in variants or b not in variants:
+      continue
+    ta, tb = variants[a]['step_s']['values'], variants[b]['step_s']['values']
+    s = _summary([x / y for x, y in zip(ta, tb)])  # paired: both measured in the same round
+    s.update(target=target, met=None if target is None else s['median'] <= target,
+             ratio_of_medians=_median(ta) / _median(tb))
+    out['time_ratios'][name] = s
+    ca, cb = variants[a]['cost'], variants[b]['cost']
+    # XLA's cost analysis counts a while loop's body once: a rolled sam_grouped is not comparable.
+    looped = any(variants[x].get('groups_per_device', 1) > 1 and not variants[x].get('groups_unrolled')
+                 for x in (a, b))
+    if looped:
+      out['flops_ratios'][name] = None
+    elif ca and cb and ca.get('flops') and cb.get('flops'):
+      out['flops_ratios'][name] = {
+          'flops': ca['flops'] / cb['flops'],
+          'bytes_accessed': (ca.get('bytes accessed', 0) / cb['bytes accessed']
+                             if cb.get('bytes accessed') else None)}
   for name, a, b, target in MEMORY_RATIOS:
-    if a in infos and b in infos and infos[a]['memory'] and infos[b]['memory']:
-      ma, mb = infos[a]['memory'], infos[b]['memory']
+    if a in variants and b in variants and variants[a]['memory'] and variants[b]['memory']:
+      ma, mb = variants[a]['memory'], variants[b]['memory']
       value = ma['peak_estimate_bytes'] / mb['peak_estimate_bytes']
       out['memory_ratios'][name] = {
           'value': value, 'temp_ratio': (ma['temp_size_in_bytes'] / mb['temp_size_in_bytes']
                                          if mb['temp_size_in_bytes'] else None),
           'target': target, 'met': None if target is None else value <= target}
-  if 'sam' in first_params and 'optax_sam' in first_params:
-    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['sam'])])
-    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['optax_sam'])])
-    out['sam_vs_optax_first_step_max_abs_param_diff'] = float(np.max(np.abs(a - b)))
   return out
 
 
@@ -509,7 +521,7 @@ def pipeline_worker(args: dict) -> dict:
       last = next(it)
     wall = time.perf_counter() - t0
     cpu = _own_cpu_seconds() - c0
-  return {'kind': kind, 'images_per_s': batch * batches / wall, 'wall_s': wall,
+  return {'kind': kind, 'images_per_s': batch * batches / wall, 'num_examples': n, 'wall_s': wall,
           'cpu_cores_used': cpu / wall, 'batch': batch, 'batches': batches,
           'image_shape': list(last['image'].shape[1:]), 'dtype': str(last['image'].dtype),
           'mean_encoded_bytes': float(np.mean([len(e) for e in encoded])),
@@ -518,13 +530,12 @@ def pipeline_worker(args: dict) -> dict:
 
 
 def _run_worker(args: dict, cores):
-  """pipeline_worker in a child process restricted to ``cores`` (None: all cores)."""
-  def pin():
-    if cores is not None:
-      os.sched_setaffinity(0, cores)
+  """pipeline_worker in a child process restricted to ``cores`` (None: all cores); the child pins
+  itself before TensorFlow starts, so its thread pools are sized for those cores."""
+  args = dict(args, pin_cores=None if cores is None else sorted(cores))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--pipeline_worker', json.dumps(args)],
-                        capture_output=True, text=True, env=env, preexec_fn=pin, cwd=ROOT, check=False)
+                        capture_output=True, text=True, env=env, cwd=ROOT, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
   if proc.returncode or not lines:
     raise RuntimeError(f'pipeline worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
@@ -622,9 +633,12 @@ def markdown(report) -> str:
             'times every variant back to back, so both see the same machine state); min–max is the '
             'spread over rounds.', '']
   for r in report['step_times']:
+    grouped = r['variants'].get('sam_grouped', {})
+    how = ('unrolled' if grouped.get('groups_unrolled') else 'in a loop') if grouped else ''
     lines += [f"## Step times: {r['model']['spec']}", '',
               f"{r['num_params'] / 1e6:.2f}M parameters, batch {r['batch']}, {r['devices']} device(s), "
-              f"m = {r['m']} for sam_grouped; {report['settings']['repeats']} rounds × "
+              f"m = {r['m']} for sam_grouped ({grouped.get('groups_per_device', '?')} groups per device, "
+              f"{how}); {report['settings']['repeats']} rounds × "
               f"{report['settings']['steps']} steps after {report['settings']['warmup']} warm-up steps.", '',
               '| variant | step s: median [min–max] | images/s | compile s (lower + compile) | '
               'peak memory MB (args+out+temp−alias) | temp MB | GFLOP/step | GB accessed/step |',
@@ -736,6 +750,8 @@ def parse_args(argv):
                  help="compile at XLA's lowest optimisation level (quick checks only: slower steps)")
   p.add_argument('--skip_pipelines', action='store_true')
   p.add_argument('--no_pin', action='store_true', help='measure pipelines in process (no child processes)')
+  p.add_argument('--render', metavar='JSON',
+                 help='only redo the derived ratios and the markdown of an existing benchmark.json')
   p.add_argument('--pipeline_worker', help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -744,9 +760,22 @@ def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.pipeline_worker:
+    worker_args = json.loads(args.pipeline_worker)
+    if worker_args.get('pin_cores'):
+      os.sched_setaffinity(0, set(worker_args['pin_cores']))  # before TensorFlow sizes its pools
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-    print(json.dumps(pipeline_worker(json.loads(args.pipeline_worker))), flush=True)
+    print(json.dumps(pipeline_worker(worker_args)), flush=True)
     return None
+  if args.render:
+    with open(args.render) as f:
+      report = json.load(f)
+    for r in report['step_times'] + ([report['imagenet_step']] if 'imagenet_step' in report else []):
+      derive_ratios(r)
+    with open(args.render, 'w') as f:
+      json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(os.path.dirname(os.path.abspath(args.render)), 'benchmark.md'), 'w') as f:
+      f.write(markdown(report))
+    return report
   if args.host_devices and 'jax' not in sys.modules:
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith('--xla_force_host_platform_device_count')]

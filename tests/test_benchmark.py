@@ -47,6 +47,13 @@ def test_smoke_benchmark_writes_a_well_formed_report(tmp_path):
     assert f'step time {name}' in md
   assert 'peak memory R-SAM/SAM' in md and 'pipeline /' in md
 
+  # --render redoes the derived numbers and the markdown from the JSON alone.
+  (tmp_path / 'benchmark.md').unlink()
+  rendered = benchmark.main(['--render', str(tmp_path / 'benchmark.json')])
+  assert benchmark.check_report(rendered) == []
+  assert rendered['step_times'][0]['time_ratios'] == on_disk['step_times'][0]['time_ratios']
+  assert (tmp_path / 'benchmark.md').read_text() == md
+
 
 def test_report_checker_flags_missing_and_bad_values():
   assert benchmark.check_report({}) != []
