@@ -25,15 +25,15 @@ config_flags.DEFINE_config_file('config', None, 'The training config of the run.
 def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> dict:
   import jax
   import data
-  from rsam.training import checkpointing, config_check, evaluation, loop
+  from rsam.training import checkpointing, config_check, evaluation, loop, train_step
   if eval_sets:
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.eval_sets = tuple(eval_sets)
   config_check.validate(config)
-  mesh = loop.make_mesh()
+  mesh = train_step.make_mesh()
   config_check.check_batch(config, num_devices=mesh.devices.size, process_count=jax.process_count())
-  run = loop.build(config, mesh)
+  run = train_step.build(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None, asynchronous=False)
   step, state = ckpt.restore(step, run.init_state())
   sets = data.make_eval_sets(config.data, tuple(config.eval_sets), global_batch_size=config.eval_batch_size)

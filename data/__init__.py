@@ -16,13 +16,10 @@ The train loop only needs what is exported here:
 
 The data config fields and their defaults are documented in `data/sources.py`; the determinism
 and padding rules in `data/input_pipeline.py`; the evaluation protocols in `data/evalsets.py`.
+
+The input pipeline (TensorFlow) is imported on first use of one of its names, so the JAX-only parts
+(data.sources, data.mixup: what a train step needs) work where TensorFlow is not installed.
 """
-from data.input_pipeline import EvalSet
-from data.input_pipeline import check_batch
-from data.input_pipeline import make_eval_sets
-from data.input_pipeline import make_train_iterator
-from data.input_pipeline import steps_per_epoch
-from data.input_pipeline import to_global_batch
 from data.sources import DATASETS
 from data.sources import DataError
 from data.sources import eval_names
@@ -31,6 +28,17 @@ from data.sources import num_classes
 from data.sources import num_train_examples
 from data.sources import resolve as resolve_config
 from data.sources import validate
+
+_PIPELINE_NAMES = ('EvalSet', 'check_batch', 'make_eval_sets', 'make_train_iterator', 'steps_per_epoch',
+                   'to_global_batch')
+
+
+def __getattr__(name):
+  if name in _PIPELINE_NAMES:
+    from data import input_pipeline  # pylint: disable=g-import-not-at-top
+    return getattr(input_pipeline, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 __all__ = [
     'DATASETS', 'DataError', 'EvalSet', 'check_batch', 'eval_names', 'image_shape',

@@ -1,4 +1,4 @@
-"""Image augmentations for the rsam input pipelines (TF, per image) and mixup (JAX, on device).
+"""Image augmentations for the rsam input pipelines (TF, per image); mixup, on device, is data/mixup.py.
 
 Every TF function works on a single HWC image and can be used inside `tf.data.Dataset.map`.
 All randomness is stateless: a function takes `seed`, an int32/int64 tensor of shape [2] (or a
@@ -15,8 +15,6 @@ Recipes (see ../shared/reference/datasets.md):
   of the TF reference implementation (tensorflow/tpu efficientnet `autoaugment.py`, forked in
   big_vision `pp/autoaugment.py`), re-written here with stateless seeds and
   `tf.raw_ops.ImageProjectiveTransformV3` in place of tensorflow-addons.
-- Mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412) as in big_vision `utils.mixup`:
-  one ratio per batch, each example mixed with its neighbour (`jnp.roll` by 1).
 """
 from __future__ import annotations
 
@@ -24,8 +22,6 @@ import functools
 import math
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import tensorflow as tf
 
 # Per-channel mean / std of the training split in [0, 1] units (population std over all pixels),
@@ -402,31 +398,3 @@ def randaugment(image, seed, *, num_layers: int, magnitude: float,
     out.set_shape(image.shape)
     image = out
   return image
-
-
-# --------------------------------------------------------------------------------------------
-# Mixup (JAX, on device)
-
-
-def mixup(key, images, labels, *, alpha: float, dominant_first: bool = False):
-  """Mixup (Zhang et al. 2018) on a device batch, as in big_vision `utils.mixup`.
-
-  Draws ONE ratio a ~ Beta(alpha, alpha) for the whole batch (big_vision's default; per-example
-  ratios are "usually a bad idea" there) and mixes every example with its neighbour,
-  `a * x + (1 - a) * jnp.roll(x, 1, axis=0)`, for images and (one-hot / soft, float [B, K])
-  labels alike, so mixed labels still sum to 1. `alpha <= 0` returns the inputs unchanged.
-  `dominant_first=True` uses max(a, 1 - a) as current big_vision does. `alpha` and
-  `dominant_first` must be static under jit (e.g. `jax.jit(mixup, static_argnames="alpha")`).
-  Returns (mixed_images, mixed_labels) in the input dtypes.
-  """
-  if alpha <= 0:
-    return images, labels
-  a = jax.random.beta(key, alpha, alpha)
-  if dominant_first:
-    a = jnp.maximum(a, 1.0 - a)
-
-  def mix(x):
-    w = a.astype(x.dtype)
-    return w * x + (1 - w) * jnp.roll(x, 1, axis=0)
-
-  return mix(images), mix(labels)

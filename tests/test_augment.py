@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from data import augment as A
+from data.mixup import mixup
 
 RNG = np.random.RandomState(0)
 
@@ -382,7 +383,7 @@ def _batch(b=8, k=8):
 
 def test_mixup_same_ratio_for_images_and_labels():
   images, labels = _batch()
-  mi, ml = A.mixup(jax.random.PRNGKey(0), images, labels, alpha=0.4)
+  mi, ml = mixup(jax.random.PRNGKey(0), images, labels, alpha=0.4)
   ml = np.asarray(ml)
   a = ml[0, 0]
   assert 0.0 < a < 1.0
@@ -396,24 +397,24 @@ def test_mixup_same_ratio_for_images_and_labels():
 
 def test_mixup_alpha_zero_and_keys():
   images, labels = _batch()
-  mi, ml = A.mixup(jax.random.PRNGKey(0), images, labels, alpha=0.0)
+  mi, ml = mixup(jax.random.PRNGKey(0), images, labels, alpha=0.0)
   np.testing.assert_array_equal(mi, images)
   np.testing.assert_array_equal(ml, labels)
-  ratios = [float(A.mixup(jax.random.PRNGKey(i), images, labels, alpha=0.2)[1][0, 0])
+  ratios = [float(mixup(jax.random.PRNGKey(i), images, labels, alpha=0.2)[1][0, 0])
             for i in range(10)]
   assert len(set(ratios)) == 10
-  _, ml = A.mixup(jax.random.PRNGKey(3), images, labels, alpha=0.2, dominant_first=True)
+  _, ml = mixup(jax.random.PRNGKey(3), images, labels, alpha=0.2, dominant_first=True)
   assert ml[0, 0] >= 0.5
 
 
 def test_mixup_jit_and_beta_distribution():
   images, labels = _batch()
-  f = jax.jit(A.mixup, static_argnames=("alpha",))
+  f = jax.jit(mixup, static_argnames=("alpha",))
   key = jax.random.PRNGKey(5)
-  for got, want in zip(f(key, images, labels, alpha=0.5), A.mixup(key, images, labels, alpha=0.5)):
+  for got, want in zip(f(key, images, labels, alpha=0.5), mixup(key, images, labels, alpha=0.5)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   keys = jax.random.split(jax.random.PRNGKey(0), 4000)
-  ratio = jax.vmap(lambda k: A.mixup(k, images, labels, alpha=1.0)[1][0, 0])(keys)
+  ratio = jax.vmap(lambda k: mixup(k, images, labels, alpha=1.0)[1][0, 0])(keys)
   assert abs(float(ratio.mean()) - 0.5) < 0.02 and abs(float(ratio.var()) - 1 / 12) < 0.006
-  ratio = jax.vmap(lambda k: A.mixup(k, images, labels, alpha=0.2)[1][0, 0])(keys)
+  ratio = jax.vmap(lambda k: mixup(k, images, labels, alpha=0.2)[1][0, 0])(keys)
   assert float(ratio.var()) > 0.15  # Beta(0.2, 0.2) piles up near 0 and 1

@@ -21,14 +21,14 @@ from ml_collections import config_flags
 import data
 from configs import families, tables
 from rsam.errors import ConfigError
-from rsam.training import config_check, loop
+from rsam.training import config_check, loop, train_step
 from scripts import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
                       if os.path.basename(p) not in ('__init__.py', 'common.py', 'families.py', 'tables.py'))
 IMAGENET_TRAIN = 1_281_167
-MESH = loop.make_mesh()
+MESH = train_step.make_mesh()
 
 
 def expected_steps(config) -> int:
@@ -109,7 +109,7 @@ def test_every_cell_validates_builds_and_counts_its_steps(cell):
   config = spec.load()
   config_check.validate(config)
   config_check.check_batch(config, num_devices=8, process_count=1)
-  run = loop.build(config, MESH)
+  run = train_step.build(config, MESH)
   if config.data.name == 'imagenet2012':
     # ⌊300 · 1,281,167 / 4096⌋ = 93,835; the official run's --total_steps is one fewer.
     assert run.total_steps == families.VIT_TOTAL_STEPS == 93_834

@@ -117,9 +117,9 @@ _TARGET = []
 
 def _target():
   """A train state of _config() on the 8-device mesh: the restore target (built once)."""
-  from rsam.training import loop
+  from rsam.training import train_step
   if not _TARGET:
-    _TARGET.append(loop.build(_config(), loop.make_mesh()).init_state())
+    _TARGET.append(train_step.build(_config(), train_step.make_mesh()).init_state())
   return _TARGET[0]
 
 
@@ -266,12 +266,13 @@ def test_one_and_eight_devices_agree_for_the_same_m(reference, tmp_path, monkeyp
     scale = float(np.max(np.abs(y))) if np.size(y) else 0.0
     assert np.max(np.abs(np.asarray(x, np.float64) - y), initial=0) <= 1e-4 * scale + 1e-7, \
         f'step 1 {jax.tree_util.keystr(p)}'
-  real_init = loop.init_variables
+  from rsam.training import train_step
+  real_init = train_step.init_variables
 
   def perturbed_init(*args, **kwargs):
     params, model_state = real_init(*args, **kwargs)
     return jax.tree.map(lambda x: x * (1 + 1e-7), params), model_state
-  monkeypatch.setattr(loop, 'init_variables', perturbed_init)
+  monkeypatch.setattr(train_step, 'init_variables', perturbed_init)
   _train(_config(), tmp_path / 'perturbed')
   control = _max_diff(_state(tmp_path / 'perturbed', TOTAL_STEPS)['params'], reference['state']['params'])
   assert drift[1] < 1e-5

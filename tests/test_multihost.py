@@ -11,7 +11,7 @@ The reference is computed in this process on a 4-device mesh (4 of conftest's 8 
 global batches: a 2-process run's global batch is process 0's local batch followed by process 1's (each
 process reads its own slice of the training set, data/input_pipeline.py), so the reference feeds
 ``make_train_iterator(process_index=0, process_count=2)`` and ``(1, 2)`` concatenated through the loop's
-own train step (``loop.build`` + ``loop.make_train_step``).
+own train step (``train_step.build`` + ``train_step.make_train_step``).
 
 Not bit-identical, so compared with a tolerance: the cross-process all-reduces (gradients, BatchNorm
 statistics, the ascent direction's norm) run through gloo, which sums the per-device partial results in another
@@ -60,10 +60,10 @@ def _reference(config, mesh):
   (indices into a 2-process split). One compilation for every call."""
   import data
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from rsam.training import loop
-  run = loop.build(config, mesh)
+  from rsam.training import train_step
+  run = train_step.build(config, mesh)
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  step = jax.jit(loop.make_train_step(config, run.model, run.updater, run.tx, run.num_classes),
+  step = jax.jit(train_step.make_train_step(config, run.model, run.updater, run.tx, run.num_classes),
                  in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                  donate_argnums=(0,))
 

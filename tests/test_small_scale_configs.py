@@ -55,16 +55,16 @@ def test_config_trains_two_steps(updater):
   import jax
   import numpy as np
   import data
-  from rsam.training import loop
+  from rsam.training import train_step
   c = small_scale.get_config(f'updater={updater},seed=5')
   config_check.validate(c)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
-  run = loop.build(c, mesh)
+  run = train_step.build(c, mesh)
   fast = {'xla_backend_optimization_level': 0}  # halves XLA's CPU compile time; 2 steps need no speed
   state = run.init_state.lower().compile(fast)()
   batches = data.make_train_iterator(c.data, global_batch_size=c.batch_size, seed=c.seed)
   batch = {k: jax.numpy.asarray(v) for k, v in next(batches).items()}
-  step = jax.jit(loop.make_train_step(c, run.model, run.updater, run.tx, run.num_classes))
+  step = jax.jit(train_step.make_train_step(c, run.model, run.updater, run.tx, run.num_classes))
   step = step.lower(state, batch).compile(fast)
   for i in range(2):
     state, metrics = step(state, batch if i == 0 else

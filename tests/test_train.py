@@ -81,8 +81,8 @@ def _finished_steps(workdir):
 
 def _state(workdir, step):
   """The train state of checkpoint ``step`` as numpy leaves, restored onto the tiny config's state."""
-  from rsam.training import checkpointing, loop
-  run = loop.build(_tiny(), loop.make_mesh())
+  from rsam.training import checkpointing, train_step
+  run = train_step.build(_tiny(), train_step.make_mesh())
   ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
   try:
     got, state = ckpt.restore(step, run.init_state())
