@@ -15,6 +15,7 @@ Every constant is a field; the defaults are the official values (sources in
 | lpf_sgd | gamma 0.002 constant (gamma_growth 1), num_samples M = 1   [LPF-SGD, CIFAR ResNets]      |
 
 Fields every sharpness-aware updater has: ``m`` (examples per ascent group, None = the whole batch),
+``group_mode`` (how a device runs its groups: 'auto' | 'loop' | 'unroll' | 'vmap', rsam/msharpness.py),
 ``clean_loss`` (extra forward at w for monitoring noise-based updaters).
 """
 from typing import Optional
@@ -23,12 +24,13 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from rsam.errors import ConfigError
-from rsam.msharpness import PerGroup
+from rsam.msharpness import GROUP_MODES, PerGroup
 from rsam.schedules import cosine_increase, lr_tied_rho
 from rsam.updaters import LPFSGD, Plain, SharpnessAware
 
 # ``rho`` is used with rho_schedule='constant'; rho_max, rho_min, rho_warmup_steps with 'lr_tied'.
-_SAM = dict(rho=0.05, rho_schedule='constant', rho_max=0.05, rho_min=0.05, rho_warmup_steps=0, m=None)
+_SAM = dict(rho=0.05, rho_schedule='constant', rho_max=0.05, rho_min=0.05, rho_warmup_steps=0, m=None,
+            group_mode='auto')
 _LR_TIED = dict(_SAM, rho_schedule='lr_tied')
 _NOISE = dict(lam=2.0, gamma=5e-4, gamma_growth=5.0, clean_loss=False)
 
@@ -81,6 +83,8 @@ def validate(cfg, *, per_device_batch: Optional[int] = None) -> None:
     raise ConfigError(f"config.updater.gamma_growth={cfg.gamma_growth!r} must be > 0 (1 = constant gamma)")
   if 'num_samples' in cfg and not (isinstance(cfg.num_samples, int) and cfg.num_samples >= 1):
     raise ConfigError(f"config.updater.num_samples={cfg.num_samples!r} must be an integer >= 1")
+  if cfg.get('group_mode', 'auto') not in GROUP_MODES:
+    raise ConfigError(f"config.updater.group_mode={cfg.group_mode!r}; use one of: {', '.join(GROUP_MODES)}")
   m = cfg.get('m')
   if m is not None:
     if not isinstance(m, int) or m < 1:
@@ -127,4 +131,4 @@ def make_updater(cfg, *, total_steps: int, lr_schedule=None, lr_max: Optional[fl
                       f"config.grad_accum_steps=1")
   if mesh is None:
     raise ConfigError('m-sharpness needs the device mesh; pass mesh= to make_updater')
-  return PerGroup(updater, m=m, mesh=mesh)
+  return PerGroup(updater, m=m, mesh=mesh, mode=cfg.group_mode)

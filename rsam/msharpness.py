@@ -7,24 +7,32 @@ group size instead:
     g = (1/G) Σ_k U(w; B_k),   B_k = examples [k·m, (k+1)·m) of the global batch,
 
 where U is any updater. Under ``jax.shard_map`` over the data axis each device takes its contiguous
-slice of the batch and scans its groups one after another (memory of one perturbed copy); the group
-averages are then averaged over devices (``pmean``). Group k draws its noise and dropout from
+slice of the batch and runs U on each of its groups (``mode``, below); the group averages are then
+averaged over devices (``pmean``). Group k draws its noise and dropout from
 ``fold_in(key, k)`` with k the GLOBAL group index, so 1 and 8 devices compute the same update (up to
 float summation order). Model state (BatchNorm statistics) and metrics are the mean over groups.
 
-On CPU the groups are unrolled (``unroll=None``: unrolled on CPU only): XLA:CPU leaves the backward
-convolutions of a loop body to its slow generic emitter (jax-ml/jax#12868), which made a grouped ResNet
-step 20× slower than the ungrouped one (results/benchmarks/); unrolled it is faster than ungrouped, but
-XLA keeps every group's buffers, so memory is about that of the whole batch, and compile time grows with
-the number of groups. ``unroll=False`` keeps the loop (memory of one group) on any backend.
+How the groups run (``mode``; rsam.updaters.mean_over_parts):
+  'loop'    one after another in a lax.scan: the memory of one group. The default on GPU and TPU.
+  'unroll'  the same sums as straight-line code. The default on CPU: XLA:CPU leaves the backward
+            convolutions of a loop body to its slow generic emitter (jax-ml/jax#12868), which made a
+            grouped ResNet step 20× slower than the ungrouped one (results/benchmarks/); unrolled it is
+            faster than ungrouped, but memory is about that of the whole batch and compile time grows
+            with the number of groups.
+  'vmap'    all groups at once, batched: the parallelism of the ungrouped step where small groups leave
+            an accelerator idle in a loop, at the memory of one perturbed copy of the parameters (and of
+            their gradients) per group.
+``mode='auto'`` picks 'unroll' when the mesh's devices are CPUs, else 'loop'.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from rsam.updaters import UpdateResult, mean_over_parts, split_batch
+from rsam.updaters import PART_MODES, UpdateResult, mean_over_parts, split_batch
+
+GROUP_MODES = ('auto',) + PART_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +41,13 @@ class PerGroup:
   m: int
   mesh: Mesh
   axis: str = 'data'
-  unroll: Optional[bool] = None
+  mode: str = 'auto'
+
+  def part_mode(self) -> str:
+    """The mode the groups run in on this mesh ('auto' resolved)."""
+    if self.mode != 'auto':
+      return self.mode
+    return 'unroll' if self.mesh.devices.flat[0].platform == 'cpu' else 'loop'
 
   def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
     def per_device(params, model_state, batch, key, step):
@@ -45,11 +59,8 @@ class PerGroup:
         return self.updater(loss_fn, params, model_state, group,
                             jax.random.fold_in(key, first_group + k), step)
 
-      unroll = self.unroll
-      if unroll is None:
-        unroll = self.mesh.devices.flat[0].platform == 'cpu'
       result = mean_over_parts(one, split_batch(batch, num_groups, interleaved=False), num_groups,
-                               unroll=unroll)
+                               mode=self.part_mode())
       return jax.lax.pmean(result, self.axis)
 
     return jax.shard_map(

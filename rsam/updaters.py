@@ -58,24 +58,39 @@ def split_batch(batch: PyTree, num: int, *, interleaved: bool) -> PyTree:
   return jax.tree.map(split, batch)
 
 
-def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, num: int,
-                    unroll: bool = False) -> PyTree:
-  """mean_k fn(parts[k], k), computed one part after another (lax.scan) so one part is live at a time.
+# How mean_over_parts runs its parts (rsam/msharpness.py chooses per backend for m-sharpness groups).
+PART_MODES = ('loop', 'unroll', 'vmap')
 
-  ``unroll``: straight-line code instead of a loop (same sums in the same order). Faster where a loop
-  body compiles badly (backward convolutions on CPU, see rsam/msharpness.py), but XLA then keeps every
-  part's buffers: memory grows with ``num``, and so does compile time.
+
+def mean_over_parts(fn: Callable[[PyTree, jax.Array], PyTree], parts: PyTree, num: int,
+                    mode: str = 'loop') -> PyTree:
+  """mean_k fn(parts[k], k), the mean in float32 (cast back to fn's dtypes).
+
+  ``mode``:
+    'loop'    one part after another (lax.scan): the memory of one part.
+    'unroll'  the same sums in the same order, as straight-line code: faster where a loop body compiles
+              badly (backward convolutions on CPU, see rsam/msharpness.py), but XLA keeps every part's
+              buffers, so memory and compile time grow with ``num``.
+    'vmap'    all parts at once, as one batched computation (jax.vmap): the parallelism of one big batch
+              for small parts, with every part's parameter-sized values (perturbed weights, gradients)
+              live together: about ``num`` × the parameters' memory on top of the activations.
   """
+  if mode not in PART_MODES:
+    raise ValueError(f'mode={mode!r}; choose one of: {", ".join(PART_MODES)}')
   if num == 1:
     return fn(jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
   first = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], parts), jnp.asarray(0))
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), first)
+  f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  if mode == 'vmap':
+    total = jax.tree.map(lambda x: jnp.sum(f32(x), axis=0), jax.vmap(fn)(parts, jnp.arange(num)))
+  else:
+    zeros = jax.tree.map(lambda s: f32(jnp.zeros(s.shape, s.dtype)), first)
 
-  def body(total, xs):
-    part, k = xs
-    return jax.tree.map(lambda t, v: t + v, total, fn(part, k)), None
+    def body(total, xs):
+      part, k = xs
+      return jax.tree.map(lambda t, v: t + v, total, fn(part, k)), None
 
-  total, _ = jax.lax.scan(body, zeros, (parts, jnp.arange(num)), unroll=bool(unroll))
+    total, _ = jax.lax.scan(body, zeros, (parts, jnp.arange(num)), unroll=mode == 'unroll')
   return jax.tree.map(lambda t, s: (t / num).astype(s.dtype), total, first)
 
 
@@ -107,7 +122,9 @@ def materialized(tree: PyTree, step) -> PyTree:
   inside activation-sized loops (a bias broadcast over batch × tokens), which made an R-SAM step 6% slower
   than SAM on ViT-Ti/4 (results/benchmarks/). The result of a conditional is a fusion boundary (an
   optimization_barrier is not: the CPU compiler removes it before fusion). Its predicate, step >= 0,
-  always holds: the zeros branch never runs.
+  always holds: the zeros branch never runs. Cost: a copy of δ0; on GPU also one wait of the host for
+  the predicate (XLA runs a conditional by reading it back), a bubble of microseconds per step. The
+  benchmark's rsam_fused_noise variant measures R-SAM without this, on any backend.
   """
   return jax.lax.cond(jnp.asarray(step) >= 0, lambda t: t,
                       lambda t: jax.tree.map(jnp.zeros_like, t), tree)

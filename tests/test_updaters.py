@@ -329,6 +329,7 @@ def test_rsam_factory_defaults_are_the_official_values():
     ('rsam', 'gamma', -1.0, 'gamma=-1.0'),
     ('rsam', 'lam', -2.0, 'lam=-2.0'),
     ('sam', 'm', 0, 'm=0'),
+    ('rsam', 'group_mode', 'scan', "group_mode='scan'"),
 ])
 def test_bad_updater_config_is_one_line(name, field, value, fragment):
   with pytest.raises(rsam.ConfigError) as e:
@@ -349,9 +350,9 @@ def test_field_of_another_updater_is_refused():
 
 
 # ---------------------------------------------------------------- m-sharpness
-def _grouped_run(num_devices, m, updater, x, y, w):
+def _grouped_run(num_devices, m, updater, x, y, w, mode='auto'):
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ('data',))
-  upd = rsam.PerGroup(updater, m=m, mesh=mesh) if m else updater
+  upd = rsam.PerGroup(updater, m=m, mesh=mesh, mode=mode) if m else updater
   rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   batch = jax.device_put({'x': jnp.asarray(x, jnp.float32), 'y': jnp.asarray(y, jnp.float32)}, shard)
   p32 = jax.device_put(tmap(lambda v: jnp.asarray(v, jnp.float32), w), rep)
@@ -375,7 +376,15 @@ def test_m_sharpness_is_independent_of_device_count_and_matches_reference():
     batch = {'x': jnp.asarray(x[4 * k:4 * k + 4], jnp.float32), 'y': jnp.asarray(y[4 * k:4 * k + 4], jnp.float32)}
     p32 = tmap(lambda v: jnp.asarray(v, jnp.float32), w)
     grads.append(upd(loss_fn, p32, {}, batch, key, 0).grads)
-  assert_tree_close(one.grads, tmap(lambda *g: np.mean(np.asarray(g, np.float64), 0), *grads), rtol=1e-5)
+  reference = tmap(lambda *g: np.mean(np.asarray(g, np.float64), 0), *grads)
+  assert_tree_close(one.grads, reference, rtol=1e-5)
+  # Every way of running the groups computes that update, on 1 and on 8 devices.
+  assert rsam.PerGroup(upd, m=4, mesh=Mesh(np.array(jax.devices()), ('data',))).part_mode() == 'unroll'
+  for mode in U.PART_MODES:
+    for num_devices in (1, 8):
+      out = _grouped_run(num_devices, 4, upd, x, y, w, mode=mode)
+      assert_tree_close(out.grads, reference, rtol=1e-5)
+      np.testing.assert_allclose(out.loss, one.loss, rtol=1e-5)
   # Grouping changes the answer: the ungrouped ascent uses the whole batch.
   whole = _grouped_run(8, None, rsam.SharpnessAware(rho=0.3), x, y, w)
   grouped = _grouped_run(8, 4, rsam.SharpnessAware(rho=0.3), x, y, w)
@@ -410,3 +419,30 @@ def test_batchnorm_statistics_come_from_the_clean_pass():
   adv = jax.tree.map(lambda p: p + 0.5, variables['params'])
   _, adv_state = model.apply({'params': adv, **state}, batch['x'], train=True, mutable=['batch_stats'])
   assert np.abs(flat(adv_state) - flat(clean_state)).max() > 1e-3
+
+
+def test_group_modes_agree_on_batchnorm_statistics():
+  """BatchNorm under m-sharpness: each group normalises over its own examples; the new statistics are the
+  mean over groups, whichever way the groups run (vmap batches them, loop and unroll go one by one)."""
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(32, D)).astype(np.float32), rng.normal(size=(32, K)).astype(np.float32)
+  model = TinyBN()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, D)), train=False)
+
+  def bn_loss(params, state, batch, rng):
+    out, new_state = model.apply({'params': params, **state}, batch['x'], train=True, mutable=['batch_stats'])
+    return jnp.mean((out - batch['y']) ** 2), (new_state, {})
+
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  batch = jax.device_put({'x': x, 'y': y}, NamedSharding(mesh, P('data')))
+  state = {'batch_stats': variables['batch_stats']}
+  outs = {}
+  for mode in U.PART_MODES:
+    upd = rsam.PerGroup(rsam.SharpnessAware(rho=0.5, gamma=0.05), m=2, mesh=mesh, mode=mode)
+    outs[mode] = jax.jit(lambda p, b: upd(bn_loss, p, state, b, jax.random.key(0), 0))(variables['params'], batch)
+  for mode in ('unroll', 'vmap'):
+    assert_tree_close(outs[mode].grads, outs['loop'].grads, rtol=1e-5)
+    assert_tree_close(outs[mode].model_state, outs['loop'].model_state, rtol=1e-5)
+  # Per-group statistics differ from whole-batch ones: the comparison above can tell modes apart.
+  _, whole = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert np.abs(flat(whole) - flat(outs['vmap'].model_state)).max() > 1e-4
