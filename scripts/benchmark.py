@@ -1,7 +1,8 @@
 r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
 input-pipeline throughput, written as a markdown + JSON report.
 
-    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~10 min, 2 CPU cores)
+    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~12 min, 2 CPU cores)
+    python scripts/benchmark.py --preset gpu --out DIR                     # ViT-B/16 bf16 on one GPU/TPU chip
     python scripts/benchmark.py --preset smoke --out /tmp/bench            # seconds; what the test runs
 
 What is measured, and how
@@ -9,16 +10,27 @@ What is measured, and how
 Step time. For each model (a CIFAR ResNet and a small ViT by default) every variant
 
     sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam.factory defaults), sam_grouped (SAM with
-    m-sharpness groups of ``--m`` examples, rsam.msharpness.PerGroup), optax_sam (optax.contrib.sam,
-    opaque mode, with the same base optimizer and ρ as ``sam``)
+    m-sharpness groups of ``--m`` examples, rsam.msharpness.PerGroup in the backend's default mode),
+    sam_grouped_vmap (the same with the groups batched, mode 'vmap'), optax_sam (optax.contrib.sam,
+    opaque mode, with the same base optimizer and ρ as ``sam``), rsam_fused_noise (an ablation: R-SAM
+    traced with rsam.updaters.materialized as the identity, so XLA may fuse the noise draw into its
+    consumers)
 
-is the FULL jitted train step of the training loop (``rsam.training.loop.make_train_step``: targets,
+is the FULL jitted train step of the training loop (``rsam.training.train_step.make_train_step``: targets,
 updater, base optax update, non-finite guard; same shardings and state donation as the loop) on the same
 synthetic batch, model, devices and initial state. Every executable is compiled (timed: lower, compile),
 warmed up, then timed INTERLEAVED: ``--repeats`` rounds, each round times ``--steps`` consecutive steps of
 every variant (the order rotates from round to round). A ratio A/B is computed per round from the two
 times of that round (paired, so slow drifts of a shared machine cancel) and reported as the median over
-rounds with its min–max; step times are reported as median and min–max over rounds.
+rounds with its min–max and a distribution-free confidence interval (order statistics, ≥ 95%); a
+target is 'met' when that interval lies within it, 'missed' when it lies beyond, else 'within noise'.
+Step times are reported as median and min–max over rounds.
+
+Model FLOPs and MFU. Per forward-backward pass a step does 3 × the forward FLOPs (XLA's count of the
+unoptimised forward pass of one example, the same on every backend) × batch; the sharpness-aware variants
+do two passes. Model TFLOP/s per device divides that by the median step time and the number of devices;
+MFU divides it by the device's dense bf16 peak (a datasheet table by device kind, or --peak_tflops), and
+is left out for float32 compute or an unknown device.
 
 Memory. ``compiled.memory_analysis()`` of each step executable (works on every backend): the peak
 estimate is arguments + outputs + temporaries − aliased (donated) bytes, per device. Where the device
@@ -44,6 +56,7 @@ Machine noise: the load average is sampled every round, and the CPU time that OT
 the run is computed from /proc/stat minus this process's own CPU time; both are in the report.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -59,15 +72,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-VARIANTS = ('sgd', 'sam', 'rsam', 'gsam', 'rgsam', 'lpf_sgd', 'sam_grouped', 'optax_sam')
+VARIANTS = ('sgd', 'sam', 'rsam', 'rsam_fused_noise', 'gsam', 'rgsam', 'lpf_sgd', 'sam_grouped',
+            'sam_grouped_vmap', 'optax_sam')
+# m-sharpness variants: the group mode each runs in (rsam.msharpness; 'auto' = the backend's default).
+GROUPED = {'sam_grouped': 'auto', 'sam_grouped_vmap': 'vmap'}
+# Forward-backward passes per step: the unit of the model FLOPs behind MFU.
+PASSES = {'sgd': 1, 'lpf_sgd': 1}
 # (name, numerator, denominator, target: numerator/denominator ≤ target, or None = reported only)
 TIME_RATIOS = (
     ('SAM/SGD', 'sam', 'sgd', 2.05),
     ('R-SAM/SAM', 'rsam', 'sam', 1.03),
+    ('R-SAM (δ0 fused)/SAM', 'rsam_fused_noise', 'sam', None),  # ablation: materialized() off
     ('GSAM/SAM', 'gsam', 'sam', 1.03),
     ('R-GSAM/SAM', 'rgsam', 'sam', 1.05),
     ('LPF-SGD/SGD', 'lpf_sgd', 'sgd', None),
     ('grouped/ungrouped', 'sam_grouped', 'sam', 1.15),
+    ('grouped vmap/ungrouped', 'sam_grouped_vmap', 'sam', None),
     ('SAM/optax SAM', 'sam', 'optax_sam', 1.00),
 )
 MEMORY_RATIOS = (
@@ -77,17 +97,24 @@ MEMORY_RATIOS = (
     ('R-GSAM/SAM', 'rgsam', 'sam', None),
     ('LPF-SGD/SGD', 'lpf_sgd', 'sgd', None),
     ('grouped/ungrouped', 'sam_grouped', 'sam', None),
+    ('grouped vmap/ungrouped', 'sam_grouped_vmap', 'sam', None),
     ('SAM/optax SAM', 'sam', 'optax_sam', None),
 )
 PIPELINE_TARGET = 3.0  # pipeline images/s (all cores) ≥ 3 × the images/s of the step it feeds
+CONFIDENCE = 0.95      # of the distribution-free interval for a median ratio
+# Dense bfloat16 matrix peak per device in TFLOP/s (vendor datasheets), by a substring of the lower-case
+# device_kind, first match wins; for MFU. --peak_tflops overrides it.
+PEAK_BF16_TFLOPS = (('h200', 989.0), ('h100 pcie', 756.0), ('h100', 989.0), ('a100', 312.0),
+                    ('tpu v6', 918.0), ('tpu v5 lite', 197.0), ('tpu v5e', 197.0), ('tpu v5', 459.0),
+                    ('tpu v4', 275.0))
 
 # model specs: name[:key=value,...]; keys: batch, image (side), data (cifar10|digits|imagenet2012),
-# widths=a/b/c/d, depth, hidden, heads, mlp, patch
+# dtype (float32|bfloat16: the config's compute_dtype), widths=a/b/c/d, depth, hidden, heads, mlp, patch
 PRESETS = {
     'full': dict(
         models=['resnet18:widths=32/64/128/256,batch=128', 'vit_ti4:depth=6,batch=128'],
-        repeats=9, steps=1, warmup=2, m=16, fast_compile=False,
-        imagenet_step='vit_s16:batch=8,image=224,data=imagenet2012',
+        variants=VARIANTS, repeats=9, steps=1, warmup=2, m=16, fast_compile=False,
+        imagenet_step='vit_s16:batch=8,image=224,data=imagenet2012', pipelines=True,
         # Whole epochs (each epoch is a fresh tf.data pipeline that refills its shuffle buffer).
         cifar=dict(num_examples=4096, batch=128, batches=64, distinct=512),
         imagenet=dict(num_examples=256, batch=32, batches=7, distinct=32, width=500, height=375,
@@ -97,12 +124,19 @@ PRESETS = {
     # optimisation level: the whole suite in seconds, for the test. Its numbers mean nothing.
     'smoke': dict(
         models=['vit_tiny:depth=0,batch=16,data=digits'],
-        repeats=2, steps=1, warmup=1, m=None, fast_compile=True,
-        imagenet_step='',
+        variants=VARIANTS, repeats=2, steps=1, warmup=1, m=None, fast_compile=True,
+        imagenet_step='', pipelines=True,
         cifar=dict(num_examples=64, batch=16, batches=2, distinct=8),
         imagenet=dict(num_examples=16, batch=8, batches=1, distinct=4, width=64, height=48,
                       image_size=32, randaugment_layers=2, randaugment_magnitude=15),
         pin=False),
+    # One GPU (or TPU chip): the paper's ViT-B/16 at 224 px in bfloat16, m = 16 as the official runs.
+    # Only the step suite: the input pipelines are measured on CPU hosts (full preset); a device host
+    # may lack TensorFlow (the step code imports none). lpf_sgd is left out to fit one short device call.
+    'gpu': dict(
+        models=['vit_b16:batch=256,image=224,data=imagenet2012,dtype=bfloat16'],
+        variants=tuple(v for v in VARIANTS if v != 'lpf_sgd'), repeats=7, steps=5, warmup=2, m=16,
+        fast_compile=False, imagenet_step='', pipelines=False, pin=False),
 }
 
 
@@ -116,14 +150,37 @@ def _summary(xs):
   return {'median': _median(xs), 'min': min(xs), 'max': max(xs), 'n': len(xs), 'values': xs}
 
 
+def median_interval(xs, level=CONFIDENCE):
+  """(low, high, coverage): a distribution-free confidence interval for the median of ``xs``.
+
+  The k-th smallest and k-th largest values, with the largest k for which P(Binomial(n, 1/2) < k) ≤
+  (1 − level)/2 on each side; coverage = 1 − 2·P(Binomial(n, 1/2) < k) ≥ level. Below 6 values no k
+  reaches 95%: then (min, max) and its lower coverage.
+  """
+  xs, n = sorted(float(x) for x in xs), len(xs)
+  below = lambda k: sum(math.comb(n, i) for i in range(k)) / 2 ** n  # P(B < k)
+  k = 1
+  while k + 1 <= n // 2 and 2 * below(k + 1) <= 1 - level:
+    k += 1
+  return xs[k - 1], xs[n - k], 1 - 2 * below(k)
+
+
+def ratio_status(low, high, target):
+  """'met' when the whole interval is ≤ target, 'missed' when all of it is above, else 'within noise'."""
+  if target is None:
+    return None
+  return 'met' if high <= target else ('missed' if low > target else 'within noise')
+
+
 def _parse_model(spec: str) -> dict:
   name, _, rest = spec.partition(':')
-  out = {'spec': spec, 'name': name, 'batch': 128, 'image': None, 'data': 'cifar10', 'overrides': {}}
+  out = {'spec': spec, 'name': name, 'batch': 128, 'image': None, 'data': 'cifar10', 'dtype': 'float32',
+         'overrides': {}}
   for item in filter(None, rest.split(',')):
     key, _, value = item.partition('=')
     if key in ('batch', 'image'):
       out[key] = int(value)
-    elif key == 'data':
+    elif key in ('data', 'dtype'):
       out[key] = value
     elif key == 'widths':
       out['overrides']['widths'] = tuple(int(v) for v in value.split('/'))
@@ -178,15 +235,17 @@ class MachineMonitor:
 
 
 def _versions():
-  import flax
-  import jax
-  import jaxlib
-  import optax
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
-  return {'python': platform.python_version(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-          'flax': flax.__version__, 'optax': optax.__version__, 'tensorflow': tf.__version__,
-          'tensorflow_datasets': tfds.__version__}
+  """Installed versions, read from package metadata (nothing imported; None where not installed)."""
+  from importlib import metadata
+
+  def version(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+  names = ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'libtpu', 'flax', 'optax',
+           'tensorflow', 'tensorflow-cpu', 'tensorflow-datasets')
+  return {'python': platform.python_version(), **{n: version(n) for n in names}}
 
 
 def _hardware():
@@ -232,7 +291,7 @@ def _command(argv):
 
 
 # ------------------------------------------------------------------------------------ the train steps
-def _config(model, updater: str, m=None):
+def _config(model, updater: str, m=None, group_mode='auto'):
   from configs.common import get_base_config
   c = get_base_config(updater)
   c.model.name = model['name']
@@ -242,9 +301,11 @@ def _config(model, updater: str, m=None):
   if model['image'] and model['data'] == 'imagenet2012':
     c.data.image_size = model['image']
   c.batch_size = model['batch']
+  c.compute_dtype = model.get('dtype', 'float32')
   c.total_steps = 1000
   if m is not None:
     c.updater.m = m
+    c.updater.group_mode = group_mode
   return c
 
 
@@ -342,10 +403,12 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   import data
-  from rsam.training import loop
-  updater = {'sgd': 'plain', 'sam_grouped': 'sam', 'optax_sam': 'sam'}.get(variant, variant)
-  config = _config(model, updater, m=m if variant == 'sam_grouped' else None)
-  run = loop.build(config, mesh)
+  from rsam.training import train_step
+  updater = {'sgd': 'plain', 'sam_grouped': 'sam', 'sam_grouped_vmap': 'sam', 'optax_sam': 'sam',
+             'rsam_fused_noise': 'rsam'}.get(variant, variant)
+  config = _config(model, updater, m=m if variant in GROUPED else None,
+                   group_mode=GROUPED.get(variant, 'auto'))
+  run = train_step.build(config, mesh)
   if variant == 'optax_sam':
     step_fn, opt = _optax_sam_step(config, run.model, run.tx, run.num_classes)
     base_init = run.init_state
@@ -356,7 +419,7 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
       return {**state, 'opt_state': jax.jit(opt.init, out_shardings=NamedSharding(mesh, P()))(
           state['params'])}
   else:
-    step_fn = loop.make_train_step(config, run.model, run.updater, run.tx, run.num_classes)
+    step_fn = train_step.make_train_step(config, run.model, run.updater, run.tx, run.num_classes)
     init_state = (run.init_state if base_state is None
                   else lambda: jax.tree.map(lambda x: x.copy(), base_state))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
@@ -365,37 +428,92 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   state = init_state()
   batch = _synthetic_batch(model, run.num_classes, data.image_shape(config.data), mesh)
   t0 = time.perf_counter()
-  lowered = jitted.lower(state, batch)
+  with _noise_left_to_fusion(variant == 'rsam_fused_noise'):
+    lowered = jitted.lower(state, batch)
   t1 = time.perf_counter()
   compiled = lowered.compile(compiler_options=FAST_COMPILE if fast_compile else None)
   t2 = time.perf_counter()
   num_params = sum(x.size for x in jax.tree.leaves(state['params']))
   info = {'lower_s': t1 - t0, 'compile_s': t2 - t1, 'memory': _memory(compiled),
           'cost': _cost(compiled), 'num_params': int(num_params),
+          'hlo_conditionals': compiled.as_text().count(' conditional('),
           'updater': repr(run.updater) if variant != 'optax_sam' else 'optax.contrib.sam(opaque)'}
-  if variant == 'sam_grouped':
+  if variant in GROUPED:
     info['m'] = m
     info['groups_per_device'] = model['batch'] // mesh.devices.size // m
-    unroll = getattr(run.updater, 'unroll', None)
-    info['groups_unrolled'] = bool(mesh.devices.flat[0].platform == 'cpu' if unroll is None else unroll)
-  return compiled, state, batch, info
+    info['group_mode'] = run.updater.part_mode()
+  return compiled, state, batch, info, run
+
+
+@contextlib.contextmanager
+def _noise_left_to_fusion(enabled: bool):
+  """The rsam_fused_noise ablation: rsam.updaters.materialized() is the identity while the step traces,
+  so XLA may fuse the noise draw into every consumer of w + δ0, as it did before materialized()."""
+  from rsam import updaters
+  real = updaters.materialized
+  if enabled:
+    updaters.materialized = lambda tree, step: tree
+  try:
+    yield
+  finally:
+    updaters.materialized = real
+
+
+def forward_flops_per_example(model, state, image_shape) -> float:
+  """XLA's FLOP count of one inference forward pass of ``model`` on one example (before optimisation,
+  so the same on every backend). Model FLOPs of a step = 3 × this × batch per forward-backward pass."""
+  import jax
+  import jax.numpy as jnp
+  variables = {'params': state['params'], **state['model_state']}
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+  cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, x).cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost['flops'])
+
+
+def peak_tflops(device_kind: str, compute_dtype: str, override=None):
+  """(TFLOP/s, source) of one device for MFU, or (None, why not)."""
+  if override:
+    return float(override), '--peak_tflops'
+  if compute_dtype != 'bfloat16':
+    return None, f'no peak for {compute_dtype} compute (pass --peak_tflops)'
+  kind = device_kind.lower()
+  for key, value in PEAK_BF16_TFLOPS:
+    if key in kind:
+      return value, f'dense bf16 datasheet peak of {device_kind!r}'
+  return None, f'unknown device kind {device_kind!r} (pass --peak_tflops)'
 
 
 def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor, log,
-                   fast_compile=False):
+                   fast_compile=False, peak_override=None, progress=lambda partial: None):
+  """Compiles, warms up and times every variant on ``model``; ``progress`` gets the partial result
+  after each compilation and each round (so a run cut short still leaves what it measured)."""
   import jax
   import numpy as np
   per_device = model['batch'] // mesh.devices.size
   if m is None or per_device % m:
     m = per_device if m is None else math.gcd(per_device, m)
+  import data
   compiled, states, batches, infos = {}, {}, {}, {}
   base_state = None
+  out = {'model': model, 'batch': model['batch'], 'devices': mesh.devices.size, 'm': m, 'variants': infos}
   for v in variants:
     log(f"[{model['spec']}] compiling {v}")
-    compiled[v], states[v], batches[v], infos[v] = _build_variant(
+    compiled[v], states[v], batches[v], infos[v], run = _build_variant(
         model, v, mesh, m, base_state=base_state, fast_compile=fast_compile)
+    log(f"[{model['spec']}] {v}: lower {infos[v]['lower_s']:.1f} s, compile {infos[v]['compile_s']:.1f} s")
     if base_state is None and v != 'optax_sam':
       base_state = jax.tree.map(lambda x: x.copy(), states[v])
+      config = _config(model, 'plain')
+      out['forward_gflops_per_example'] = forward_flops_per_example(
+          run.model, states[v], data.image_shape(config.data)) / 1e9
+      device = mesh.devices.flat[0]
+      out['device_kind'] = device.device_kind
+      out['peak_tflops_per_device'], out['peak_source'] = peak_tflops(
+          device.device_kind, config.compute_dtype, peak_override)
+    progress(out)
   first_params = {}
   for v in variants:  # warm-up; the first step of every variant starts from the same state
     for i in range(warmup):
@@ -417,11 +535,12 @@ def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor,
       times[v].append((time.perf_counter() - t0) / steps)
     log(f"[{model['spec']}] round {r + 1}/{repeats}: "
         + ', '.join(f'{v} {times[v][-1]:.3f}s' for v in variants))
-  out = {'model': model, 'batch': model['batch'], 'devices': mesh.devices.size, 'm': m,
-         'num_params': infos[variants[0]]['num_params'], 'variants': {}}
+    for v in variants:
+      infos[v]['step_s'] = _summary(times[v])
+    progress(out)
+  out['num_params'] = infos[variants[0]]['num_params']
   for v in variants:
-    out['variants'][v] = {**infos[v], 'step_s': _summary(times[v]),
-                          'images_per_s': model['batch'] / _median(times[v])}
+    infos[v]['images_per_s'] = model['batch'] / _median(times[v])
   derive_ratios(out)
   if 'sam' in first_params and 'optax_sam' in first_params:
     a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['sam'])])
@@ -440,13 +559,16 @@ def derive_ratios(out):
       continue
     ta, tb = variants[a]['step_s']['values'], variants[b]['step_s']['values']
     s = _summary([x / y for x, y in zip(ta, tb)])  # paired: both measured in the same round
-    s.update(target=target, met=None if target is None else s['median'] <= target,
-             ratio_of_medians=_median(ta) / _median(tb))
+    low, high, coverage = median_interval(s['values'])
+    status = ratio_status(low, high, target)
+    s.update(target=target, ci_low=low, ci_high=high, ci_coverage=coverage, status=status,
+             met=None if status is None else status == 'met', ratio_of_medians=_median(ta) / _median(tb))
     out['time_ratios'][name] = s
     ca, cb = variants[a]['cost'], variants[b]['cost']
-    # XLA's cost analysis counts a while loop's body once: a rolled sam_grouped is not comparable.
-    looped = any(variants[x].get('groups_per_device', 1) > 1 and not variants[x].get('groups_unrolled')
-                 for x in (a, b))
+    # XLA's cost analysis counts a while loop's body once: groups in a loop are not comparable.
+    looped = any(variants[x].get('groups_per_device', 1) > 1
+                 and variants[x].get('group_mode', 'unroll' if variants[x].get('groups_unrolled') else 'loop')
+                 == 'loop' for x in (a, b))
     if looped:
       out['flops_ratios'][name] = None
     elif ca and cb and ca.get('flops') and cb.get('flops'):
@@ -462,7 +584,19 @@ def derive_ratios(out):
           'value': value, 'temp_ratio': (ma['temp_size_in_bytes'] / mb['temp_size_in_bytes']
                                          if mb['temp_size_in_bytes'] else None),
           'target': target, 'met': None if target is None else value <= target}
+      out['memory_ratios'][name]['status'] = _met_or_missed(out['memory_ratios'][name]['met'])
+  # Model FLOP utilisation: 3 × forward FLOPs × batch per forward-backward pass, per device.
+  fwd, peak = out.get('forward_gflops_per_example'), out.get('peak_tflops_per_device')
+  for v, x in variants.items():
+    if fwd and 'step_s' in x:
+      flops = PASSES.get(v, 2) * 3 * fwd * 1e9 * out['batch'] / out['devices']
+      x['model_tflops_per_s_per_device'] = flops / x['step_s']['median'] / 1e12
+      x['mfu'] = x['model_tflops_per_s_per_device'] / peak if peak else None
   return out
+
+
+def _met_or_missed(met):
+  return None if met is None else ('met' if met else 'missed')
 
 
 # --------------------------------------------------------------------------------- input pipelines
@@ -575,9 +709,10 @@ def _compare_pipeline(pipe, step_result, variant_names=('sgd', 'sam', 'rsam')):
                'pipeline_over_step': pipe['images_per_s_all_cores'] / step_ips,
                'cores_needed_to_feed_step': step_ips / pipe['images_per_s_per_core']}
   strictest = min(rows, key=lambda v: rows[v]['pipeline_over_step'])
-  return {'model': step_result['model']['spec'], 'step_image_shape': step_result.get('image_shape'), 'by_step': rows, 'strictest_step': strictest,
-          'value': rows[strictest]['pipeline_over_step'], 'target': PIPELINE_TARGET,
-          'met': rows[strictest]['pipeline_over_step'] >= PIPELINE_TARGET}
+  met = rows[strictest]['pipeline_over_step'] >= PIPELINE_TARGET
+  return {'model': step_result['model']['spec'], 'by_step': rows, 'strictest_step': strictest,
+          'value': rows[strictest]['pipeline_over_step'], 'target': PIPELINE_TARGET, 'met': met,
+          'status': _met_or_missed(met)}
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -590,11 +725,23 @@ def _gib(x):
 
 
 def _fmt_ratio(s):
-  return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+  if 'ci_low' not in s:  # a report from before the intervals
+    return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+  return (f"{s['median']:.3f} [{s['ci_low']:.3f}–{s['ci_high']:.3f}] "
+          f"({s['min']:.3f}–{s['max']:.3f})")
 
 
-def _yes(met):
-  return '—' if met is None else ('met' if met else '**missed**')
+def _status(s):
+  status = s.get('status', _met_or_missed(s.get('met')))
+  return {None: '—', 'missed': '**missed**'}.get(status, status)
+
+
+def _flops_note(r) -> str:
+  if not r.get('forward_gflops_per_example'):
+    return ''
+  return (f" Model FLOPs: 3 × {r['forward_gflops_per_example']:.3g} GFLOP (XLA's count of one forward "
+          f"pass per image) × batch per forward-backward pass (2 for the sharpness-aware variants); MFU "
+          f"against {r['peak_tflops_per_device'] or 'n/a'} TFLOP/s ({r['peak_source']}).")
 
 
 def markdown(report) -> str:
@@ -606,7 +753,7 @@ def markdown(report) -> str:
            f"- Hardware: {h['cpu']}, {h['cpu_count']} CPU cores ({h['cpu_affinity']} usable), "
            f"{_gib(h['memory_gib'])} GiB RAM; JAX {h['platform']} with {h['num_devices']} device(s) "
            f"(XLA_FLAGS=`{h['xla_flags']}`)",
-           '- Versions: ' + ', '.join(f'{k} {val}' for k, val in v.items()),
+           '- Versions: ' + ', '.join(f'{k} {val}' for k, val in v.items() if val),
            f"- Machine load: 1-min load average {mon['load_average_before'][0]:.2f} before, "
            + (f"median {mon['load_average_1min_during']['median']:.2f} "
               f"[{mon['load_average_1min_during']['min']:.2f}–{mon['load_average_1min_during']['max']:.2f}] "
@@ -616,40 +763,53 @@ def markdown(report) -> str:
            + f" CPU cores on average over the {mon['wall_s']:.0f} s run (this one: "
            f"{mon['own_cpu_cores_mean']:.2f}).",
            '', '## Targets', '',
-           '| model | metric | value (median of paired rounds [min–max]) | target | status |',
+           '| model | metric | median [confidence interval] (min–max) | target | status |',
            '|---|---|---|---|---|']
   for r in report['step_times']:
     for name, s in r['time_ratios'].items():
       tgt = f"≤ {s['target']:.2f}" if s['target'] is not None else '(none)'
-      lines.append(f"| {r['model']['spec']} | step time {name} | {_fmt_ratio(s)} | {tgt} | {_yes(s['met'])} |")
+      lines.append(f"| {r['model']['spec']} | step time {name} | {_fmt_ratio(s)} | {tgt} | {_status(s)} |")
     for name, s in r['memory_ratios'].items():
       if s['target'] is not None:
         lines.append(f"| {r['model']['spec']} | peak memory {name} | {s['value']:.3f} | ≤ {s['target']:.2f} "
-                     f"| {_yes(s['met'])} |")
+                     f"| {_status(s)} |")
   for kind, c in report.get('pipeline_vs_step', {}).items():
     lines.append(f"| {c['model']} | {kind} pipeline / {c['strictest_step']} step (images/s) | "
-                 f"{c['value']:.2f} | ≥ {c['target']:.1f} | {_yes(c['met'])} |")
+                 f"{c['value']:.2f} | ≥ {c['target']:.1f} | {_status(c)} |")
+  coverage = [s['ci_coverage'] for r in report['step_times'] for s in r['time_ratios'].values()
+              if 'ci_coverage' in s]
   lines += ['', 'Ratios are medians over rounds of the per-round ratio of the two variants (each round '
             'times every variant back to back, so both see the same machine state); min–max is the '
-            'spread over rounds.', '']
+            'spread over rounds. The interval is a distribution-free confidence interval for that median '
+            + (f'(order statistics, coverage {min(coverage):.1%}) ' if coverage else '')
+            + "and decides the status: 'met' when all of it is within the target, '**missed**' when none "
+            "of it is, 'within noise' when it straddles the target (more rounds, or a quieter machine, "
+            "would tell). 'R-SAM (δ0 fused)/SAM' is an ablation, not a target: R-SAM with "
+            '`rsam.updaters.materialized` off, as the noise was drawn before that fix.', '']
   for r in report['step_times']:
     grouped = r['variants'].get('sam_grouped', {})
-    how = ('unrolled' if grouped.get('groups_unrolled') else 'in a loop') if grouped else ''
+    how = grouped.get('group_mode', 'unroll' if grouped.get('groups_unrolled') else 'loop')
     lines += [f"## Step times: {r['model']['spec']}", '',
               f"{r['num_params'] / 1e6:.2f}M parameters, batch {r['batch']}, {r['devices']} device(s), "
-              f"m = {r['m']} for sam_grouped ({grouped.get('groups_per_device', '?')} groups per device, "
-              f"{how}); {report['settings']['repeats']} rounds × "
-              f"{report['settings']['steps']} steps after {report['settings']['warmup']} warm-up steps.", '',
-              '| variant | step s: median [min–max] | images/s | compile s (lower + compile) | '
-              'peak memory MB (args+out+temp−alias) | temp MB | GFLOP/step | GB accessed/step |',
-              '|---|---|---|---|---|---|---|---|']
+              f"m = {r['m']} for the grouped variants ({grouped.get('groups_per_device', '?')} groups per "
+              f"device; sam_grouped in mode '{how}', sam_grouped_vmap in 'vmap'); {report['settings']['repeats']} rounds × "
+              f"{report['settings']['steps']} steps after {report['settings']['warmup']} warm-up steps; "
+              f"compute {r['model'].get('dtype', 'float32')}." + _flops_note(r), '',
+              '| variant | step s: median [min–max] | images/s | model TFLOP/s per device (MFU) | '
+              'compile s (lower + compile) | peak memory MB (args+out+temp−alias) | temp MB | '
+              'XLA GFLOP/step | GB accessed/step |',
+              '|---|---|---|---|---|---|---|---|---|']
     for name, x in r['variants'].items():
       s, mem, cost = x['step_s'], x['memory'] or {}, x['cost'] or {}
       gflop = f"{cost['flops'] / 1e9:.2f}" if cost.get('flops') else 'n/a'
       gbytes = f"{cost['bytes accessed'] / 1e9:.2f}" if cost.get('bytes accessed') else 'n/a'
+      tflops = x.get('model_tflops_per_s_per_device')
+      mfu = f"{tflops:.3g}" if tflops is not None else 'n/a'
+      if x.get('mfu') is not None:
+        mfu += f" ({x['mfu']:.1%})"
       lines.append(
           f"| {name} | {s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}] | {x['images_per_s']:.1f} | "
-          f"{x['lower_s'] + x['compile_s']:.1f} ({x['lower_s']:.1f} + {x['compile_s']:.1f}) | "
+          f"{mfu} | {x['lower_s'] + x['compile_s']:.1f} ({x['lower_s']:.1f} + {x['compile_s']:.1f}) | "
           f"{_mb(mem.get('peak_estimate_bytes'))} | {_mb(mem.get('temp_size_in_bytes'))} | {gflop} | "
           f"{gbytes} |")
     if r['flops_ratios']:
@@ -688,8 +848,11 @@ def markdown(report) -> str:
 
 
 def check_report(report) -> list:
-  """Problems with a report's shape (empty when well-formed): every ratio present, finite, positive."""
+  """Problems with a report's shape (empty when well-formed): every variant the run asked for measured,
+  every ratio between two of them present, every number finite and positive; the pipelines if asked."""
   problems = []
+  settings = report.get('settings', {})
+  asked = tuple(settings.get('variants') or VARIANTS)
 
   def num(x, where):
     if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
@@ -698,24 +861,29 @@ def check_report(report) -> list:
     problems.append('no step_times')
   for r in report.get('step_times', []):
     tag = r.get('model', {}).get('spec')
-    for name, _, _, _ in TIME_RATIOS:
+    for name, a, b, _ in TIME_RATIOS:
+      if a not in asked or b not in asked:
+        continue
       if name not in r.get('time_ratios', {}):
         problems.append(f'{tag}: missing time ratio {name}')
       else:
         num(r['time_ratios'][name]['median'], f'{tag} time {name}')
-    for name, _, _, _ in MEMORY_RATIOS:
+    for name, a, b, _ in MEMORY_RATIOS:
+      if a not in asked or b not in asked:
+        continue
       if name not in r.get('memory_ratios', {}):
         problems.append(f'{tag}: missing memory ratio {name}')
       else:
         num(r['memory_ratios'][name]['value'], f'{tag} memory {name}')
-    for v in VARIANTS:
+    for v in asked:
       x = r.get('variants', {}).get(v)
-      if x is None:
+      if x is None or 'step_s' not in x:
         problems.append(f'{tag}: missing variant {v}')
         continue
       num(x['step_s']['median'], f'{tag} {v} step_s')
       num(x['compile_s'], f'{tag} {v} compile_s')
-  for kind in ('cifar', 'imagenet'):
+      num(x.get('model_tflops_per_s_per_device'), f'{tag} {v} model TFLOP/s')
+  for kind in ('cifar', 'imagenet') if settings.get('pipelines', True) else ():
     p = report.get('pipelines', {}).get(kind)
     if p is None:
       problems.append(f'missing pipeline {kind}')
@@ -731,6 +899,13 @@ def check_report(report) -> list:
 
 
 # ------------------------------------------------------------------------------------------- main
+def write_json(report, path):
+  """Whole or not at all: a run killed mid-write keeps the previous file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(report, f, indent=1, default=str)
+  os.replace(path + '.tmp', path)
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -738,7 +913,7 @@ def parse_args(argv):
   p.add_argument('--out', default=os.path.join('results', 'benchmarks'),
                  help='folder for benchmark.json and benchmark.md (relative to the repository)')
   p.add_argument('--models', nargs='+', help='model specs (see PRESETS), overriding the preset')
-  p.add_argument('--variants', nargs='+', choices=VARIANTS, default=list(VARIANTS))
+  p.add_argument('--variants', nargs='+', choices=VARIANTS, help="overriding the preset's")
   p.add_argument('--repeats', type=int)
   p.add_argument('--steps', type=int, help='steps per variant per round')
   p.add_argument('--warmup', type=int)
@@ -748,6 +923,8 @@ def parse_args(argv):
                  help='CPU only: number of XLA host devices (sets XLA_FLAGS before JAX starts)')
   p.add_argument('--fast_compile', action='store_true',
                  help="compile at XLA's lowest optimisation level (quick checks only: slower steps)")
+  p.add_argument('--peak_tflops', type=float,
+                 help='peak TFLOP/s of one device for MFU (default: the bf16 datasheet value by device kind)')
   p.add_argument('--skip_pipelines', action='store_true')
   p.add_argument('--no_pin', action='store_true', help='measure pipelines in process (no child processes)')
   p.add_argument('--render', metavar='JSON',
@@ -771,8 +948,7 @@ def main(argv=None):
       report = json.load(f)
     for r in report['step_times'] + ([report['imagenet_step']] if 'imagenet_step' in report else []):
       derive_ratios(r)
-    with open(args.render, 'w') as f:
-      json.dump(report, f, indent=1, default=str)
+    write_json(report, args.render)
     with open(os.path.join(os.path.dirname(os.path.abspath(args.render)), 'benchmark.md'), 'w') as f:
       f.write(markdown(report))
     return report
@@ -784,33 +960,43 @@ def main(argv=None):
   preset = dict(PRESETS[args.preset])
   if args.fast_compile:
     preset['fast_compile'] = True
-  for key in ('models', 'repeats', 'steps', 'warmup', 'm', 'imagenet_step'):
+  for key in ('models', 'variants', 'repeats', 'steps', 'warmup', 'm', 'imagenet_step'):
     if getattr(args, key) is not None:
       preset[key] = getattr(args, key)
+  if args.skip_pipelines:
+    preset['pipelines'] = False
+  variants = tuple(v for v in VARIANTS if v in preset['variants'])
 
   import jax  # pylint: disable=g-import-not-at-top
-  from rsam.training import loop  # pylint: disable=g-import-not-at-top
+  from rsam.training import train_step  # pylint: disable=g-import-not-at-top
+  out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
+  os.makedirs(out, exist_ok=True)
 
   def log(msg):
     print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
   monitor = MachineMonitor()
-  mesh = loop.make_mesh()
+  mesh = train_step.make_mesh()
   report = {'preset': args.preset, 'command': _command(argv),
             'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M'),
             'git': _git(), 'hardware': _hardware(), 'versions': _versions(),
-            'settings': {k: preset[k] for k in ('models', 'repeats', 'steps', 'warmup', 'm',
-                                                'imagenet_step', 'fast_compile')},
+            'settings': {**{k: preset[k] for k in ('models', 'repeats', 'steps', 'warmup', 'm',
+                                                   'imagenet_step', 'fast_compile', 'pipelines')},
+                         'variants': list(variants), 'peak_tflops': args.peak_tflops},
             'method': __doc__.split('What is measured, and how\n-------------------------\n')[1].strip(),
             'step_times': []}
-  variants = tuple(v for v in VARIANTS if v in args.variants)
+
+  def progress(partial):  # the JSON so far, rewritten as each measurement lands
+    write_json(report | {'step_times': report['step_times'] + [partial], 'partial': True},
+               os.path.join(out, 'benchmark.json'))
+
   for spec in preset['models']:
     model = _parse_model(spec)
     report['step_times'].append(bench_updaters(
         model, variants=variants, repeats=preset['repeats'], steps=preset['steps'],
         warmup=preset['warmup'], m=preset['m'], mesh=mesh, monitor=monitor, log=log,
-        fast_compile=preset['fast_compile']))
-  if not args.skip_pipelines:
+        fast_compile=preset['fast_compile'], peak_override=args.peak_tflops, progress=progress))
+  if preset['pipelines']:
     imagenet_step = None
     if preset['imagenet_step']:
       model = _parse_model(preset['imagenet_step'])
@@ -826,13 +1012,10 @@ def main(argv=None):
     report['pipeline_vs_step']['imagenet'] = _compare_pipeline(
         report['pipelines']['imagenet'], imagenet_step or report['step_times'][0])
   report['machine_load'] = monitor.result()
-  out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'benchmark.json'), 'w') as f:
-    json.dump(report, f, indent=1, default=str)
+  write_json(report, os.path.join(out, 'benchmark.json'))
   with open(os.path.join(out, 'benchmark.md'), 'w') as f:
     f.write(markdown(report))
-  problems = check_report(report) if not args.skip_pipelines else []
+  problems = check_report(report)
   log(f"report: {os.path.join(args.out, 'benchmark.md')}" + (f'; PROBLEMS: {problems}' if problems else ''))
   return report
 
