@@ -91,25 +91,70 @@ def random_flip(image, seed) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=_as_seed(seed))
 
 
+def inception_box(image_shape, seed, *, area_range=(0.05, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
+  """(begin, size) of an Inception crop box of an image of shape `image_shape` [H, W, C], for `tf.slice`.
+
+  Covers `area_range` of the image with width/height in `aspect_ratio_range`, sampled by
+  `tf.image.stateless_sample_distorted_bounding_box` (min_object_covered=0; the whole image when no
+  box fits in 100 attempts). It depends on the shape and the seed only, so a box can be drawn before
+  the image is decoded (decode_and_inception_crop).
+  """
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, tf.zeros([1, 0, 4], tf.float32), seed=_as_seed(seed),
+      min_object_covered=0.0, aspect_ratio_range=aspect_ratio_range, area_range=area_range,
+      max_attempts=100, use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def _resize_crop(crop, size, out_dtype, antialias):
+  out = tf.image.resize(crop, [size, size], method="bilinear", antialias=antialias)
+  return _cast_like(out, tf.as_dtype(out_dtype))
+
+
 def inception_crop(image, seed, *, size: int = 224, area_range=(0.05, 1.0),
                    aspect_ratio_range=(3 / 4, 4 / 3), out_dtype=tf.uint8,
                    antialias: bool = False) -> tf.Tensor:
-  """Inception-style random-resized crop (big_vision `inception_crop`).
-
-  Samples a box covering `area_range` of the image with width/height in `aspect_ratio_range`
-  via `tf.image.stateless_sample_distorted_bounding_box` (min_object_covered=0, the whole image
-  when no box fits in 100 attempts), crops it and resizes it bilinearly to `size` x `size`.
-  Returns `out_dtype`: uint8 (rounded; default) or float32 in [0, 255]. No flip: see random_flip.
+  """Inception-style random-resized crop (big_vision `inception_crop`): the box of `inception_box`,
+  resized bilinearly to `size` x `size`. Returns `out_dtype`: uint8 (rounded; default) or float32 in
+  [0, 255]. No flip: see random_flip.
   """
   image = tf.convert_to_tensor(image)
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), tf.zeros([1, 0, 4], tf.float32), seed=_as_seed(seed),
-      min_object_covered=0.0, aspect_ratio_range=aspect_ratio_range, area_range=area_range,
-      max_attempts=100, use_image_if_no_bounding_boxes=True)
+  begin, crop_size = inception_box(tf.shape(image), seed, area_range=area_range,
+                                   aspect_ratio_range=aspect_ratio_range)
   crop = tf.slice(image, begin, crop_size)
   crop.set_shape([None, None, image.shape[-1]])
-  out = tf.image.resize(crop, [size, size], method="bilinear", antialias=antialias)
-  return _cast_like(out, tf.as_dtype(out_dtype))
+  return _resize_crop(crop, size, out_dtype, antialias)
+
+
+def decode_and_inception_crop(encoded, seed, *, size: int = 224, area_range=(0.05, 1.0),
+                              aspect_ratio_range=(3 / 4, 4 / 3), out_dtype=tf.uint8,
+                              antialias: bool = False) -> tf.Tensor:
+  """`inception_crop` of the RGB image encoded in `encoded` (same box), decoding only the box.
+
+  For a JPEG the box is drawn from the header's shape and `tf.image.decode_and_crop_jpeg` decodes just
+  that window, about half the image on average (as big_vision and the TF reference pipelines do). The
+  pixels are those of the whole decoded image except, for chroma-subsampled (4:2:0) JPEGs, on the
+  window's 1-pixel border, where the colour is upsampled without the neighbours outside the window (a
+  few levels). Any other format is decoded whole and cropped.
+  """
+  def jpeg():
+    shape = tf.concat([tf.image.extract_jpeg_shape(encoded)[:2], [3]], axis=0)
+    begin, crop_size = inception_box(shape, seed, area_range=area_range,
+                                     aspect_ratio_range=aspect_ratio_range)
+    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    return _resize_crop(crop, size, out_dtype, antialias)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return inception_crop(image, seed, size=size, area_range=area_range,
+                          aspect_ratio_range=aspect_ratio_range, out_dtype=out_dtype,
+                          antialias=antialias)
+
+  out = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  out.set_shape([size, size, 3])
+  return out
 
 
 def resize_center_crop(image, *, resize: int = 256, crop: int = 224,

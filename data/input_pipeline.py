@@ -178,17 +178,17 @@ def _train_image(spec: sources.DataSpec, image, key):
       padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
       image = tf.image.stateless_random_crop(padded, [8, 8, 1], seed=crop_key)
     return _digits_standardize(spec, image)
-  image = _decode(image)
   if spec.name in ('cifar10', 'cifar100'):
+    image = _decode(image)
     if spec.augment == 'basic':
       image = augment.cifar_train(image, crop_key, pad=4)
     return augment.standardize(image, *_cifar_stats(spec.name))
   # imagenet2012
-  if spec.augment == 'inception':
-    image = augment.inception_crop(image, crop_key, size=spec.image_size)
+  if spec.augment == 'inception':  # decodes only the crop window of a JPEG
+    image = augment.decode_and_inception_crop(image, crop_key, size=spec.image_size)
     image = augment.random_flip(image, flip_key)
   else:
-    image = augment.resize_center_crop(image, resize=spec.eval_resize, crop=spec.image_size)
+    image = augment.resize_center_crop(_decode(image), resize=spec.eval_resize, crop=spec.image_size)
   if spec.randaugment_layers:
     image = augment.randaugment(image, ra_key, num_layers=spec.randaugment_layers,
                                 magnitude=spec.randaugment_magnitude)

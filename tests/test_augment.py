@@ -155,6 +155,46 @@ def test_inception_crop_dtype_and_determinism():
   assert len(outs) >= 8
 
 
+def _photo_like(h, w, seed):
+  """Smooth colour fields plus noise: a JPEG with real chroma detail (not flat blocks)."""
+  rng = np.random.RandomState(seed)
+  coarse = rng.uniform(0, 255, size=(h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
+  smooth = tf.image.resize(coarse[None], (h, w), method="bicubic")[0].numpy()
+  return np.clip(smooth + rng.normal(0, 12, size=smooth.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w,quality", [(375, 500, 90), (333, 250, 75), (97, 131, 95)])
+def test_decode_and_inception_crop_is_decode_then_crop(h, w, quality):
+  """Decoding only the window gives the pixels of decoding the whole JPEG and cropping it: exactly
+  without chroma subsampling (4:4:4) and for a PNG; with 4:2:0 only the window's 1-pixel border can
+  differ (its chroma is upsampled without the neighbours outside the window), a few levels, so after
+  the resize few pixels differ, by little."""
+  img = _photo_like(h, w, seed=h)
+  for chroma in (False, True):
+    jpeg = tf.io.encode_jpeg(img, quality=quality, chroma_downsampling=chroma)
+    decoded = tf.io.decode_jpeg(jpeg, channels=3)
+    for seed in range(25):
+      got = A.decode_and_inception_crop(jpeg, [seed, 7], size=64).numpy().astype(int)
+      want = A.inception_crop(decoded, [seed, 7], size=64).numpy().astype(int)
+      if not chroma:
+        np.testing.assert_array_equal(got, want)
+      else:
+        diff = np.abs(got - want)
+        assert np.mean(diff > 0) < 0.05 and diff.mean() < 0.1, (seed, np.mean(diff > 0), diff.max())
+  png = tf.io.encode_png(img)
+  got = A.decode_and_inception_crop(png, [3, 7], size=64)
+  np.testing.assert_array_equal(got.numpy(), A.inception_crop(img, [3, 7], size=64).numpy())
+  assert got.shape == (64, 64, 3) and got.dtype == tf.uint8
+
+
+def test_decode_and_inception_crop_of_a_grayscale_jpeg_is_rgb():
+  gray = tf.io.encode_jpeg(_photo_like(60, 80, seed=1)[..., :1])
+  out = A.decode_and_inception_crop(gray, [1, 2], size=32)
+  assert out.shape == (32, 32, 3)
+  np.testing.assert_array_equal(
+      out.numpy(), A.inception_crop(tf.io.decode_jpeg(gray, channels=3), [1, 2], size=32).numpy())
+
+
 # ------------------------------------------------------------------------------ resize + centre crop
 
 
