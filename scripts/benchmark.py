@@ -333,7 +333,9 @@ def _optax_sam_step(config, model, tx, num_classes):
     grad_fn = lambda p, _: jax.grad(lambda q: loss_fn(q, state['model_state'], b, dropout_key)[0])(p)
     updates, opt_state = opt.update(grads, state['opt_state'], state['params'], grad_fn=grad_fn)
     params = optax.apply_updates(state['params'], updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    # The loop's guard checks the loss and the gradient handed to the base optimizer (after both passes);
+    # optax keeps that gradient inside, so its counterpart here is the update it produced.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {'step': step + 1, 'params': keep(params, state['params']),
                  'model_state': keep(model_state, state['model_state']),
