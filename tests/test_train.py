@@ -373,3 +373,33 @@ def test_bad_inputs_on_the_command_line_are_one_error_line_and_exit_2(compile_ca
     assert lines[0] == err.rstrip('\n').splitlines()[-1]
     assert cases[name][1] in lines[0], (name, lines[0])
     assert 'Compiling' not in err and 'training' not in out, (name, err[-3000:])
+
+
+def test_a_non_finite_update_leaves_the_state_as_it_was():
+  """The step's guard checks the update the optimizer made, not only the loss: an optimizer whose update
+  is NaN (here a scale by NaN, standing in for a NaN gradient or the optimizer's own arithmetic) leaves
+  params, optimizer state and model state untouched, with 'finite' 0; the same step with a sound
+  optimizer moves them."""
+  import jax.numpy as jnp
+  import optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from data import sources
+  from rsam.training import train_step
+  config = _tiny()
+  mesh = train_step.make_mesh()
+  shape = tuple(sources.image_shape(config.data))
+  run = train_step.build(config, mesh)
+  rng = np.random.default_rng(0)
+  batch = jax.device_put({'image': rng.normal(size=(config.batch_size,) + shape).astype(np.float32),
+                          'label': rng.integers(0, 10, size=(config.batch_size,)).astype(np.int32)},
+                         NamedSharding(mesh, P('data')))
+  for tx, moves in ((optax.chain(run.tx, optax.scale(jnp.nan)), False), (run.tx, True)):
+    step = jax.jit(train_step.make_train_step(config, run.model, run.updater, tx, run.num_classes))
+    state = run.init_state()
+    state = {**state, 'opt_state': tx.init(state['params'])}
+    new, metrics = step(state, batch)
+    assert np.isfinite(float(metrics['loss'])) and float(metrics['finite']) == float(moves)
+    leaves = lambda s: jax.tree.leaves({k: s[k] for k in ('params', 'opt_state', 'model_state')})
+    same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(leaves(new), leaves(state)))
+    assert same != moves
+    assert int(new['step']) == 1

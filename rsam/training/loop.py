@@ -151,7 +151,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
 
 def _non_finite_what(metrics) -> str:
   loss = float(metrics['loss'])
-  return f'loss (loss={loss})' if not np.isfinite(loss) else f'gradient (its norm; loss={loss:.4g} is finite)'
+  return f'loss (loss={loss})' if not np.isfinite(loss) else f'update (its norm; loss={loss:.4g} is finite)'
 
 
 def _stop_non_finite(step, metrics):

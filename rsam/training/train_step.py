@@ -52,8 +52,10 @@ def make_train_step(config, model, updater, tx, num_classes: int):
                      update_key, step)
     updates, opt_state = tx.update(result.grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    # A non-finite loss or gradient leaves the state as it was (the loop then stops or skips).
-    finite = jnp.isfinite(result.loss) & jnp.isfinite(optax.global_norm(result.grads))
+    # A non-finite loss or update leaves the state as it was (the loop then stops or skips). The update
+    # is checked rather than the gradient: it carries a bad gradient and the optimizer's own arithmetic,
+    # and XLA then writes the donated state in place (a check on the gradient made it copy all of it).
+    finite = jnp.isfinite(result.loss) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {'step': step + 1,
                  'params': keep(params, state['params']),
