@@ -91,6 +91,13 @@ def random_flip(image, seed) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=_as_seed(seed))
 
 
+def decode_rgb(encoded) -> tf.Tensor:
+  """An encoded image (JPEG, PNG, GIF or BMP; grayscale or colour) as uint8 HxWx3."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
 def inception_box(image_shape, seed, *, area_range=(0.05, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
   """(begin, size) of an Inception crop box of an image of shape `image_shape` [H, W, C], for `tf.slice`.
 
@@ -146,9 +153,7 @@ def decode_and_inception_crop(encoded, seed, *, size: int = 224, area_range=(0.0
     return _resize_crop(crop, size, out_dtype, antialias)
 
   def other():
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return inception_crop(image, seed, size=size, area_range=area_range,
+    return inception_crop(decode_rgb(encoded), seed, size=size, area_range=area_range,
                           aspect_ratio_range=aspect_ratio_range, out_dtype=out_dtype,
                           antialias=antialias)
 

@@ -153,12 +153,6 @@ def _epoch_shuffle_seed(seed: int, epoch: int) -> int:
 # Per-example preprocessing (TF, one example)
 
 
-def _decode(encoded):
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
-
-
 def _cifar_stats(name):
   if name == 'cifar10':
     return augment.CIFAR10_MEAN, augment.CIFAR10_STD
@@ -179,7 +173,7 @@ def _train_image(spec: sources.DataSpec, image, key):
       image = tf.image.stateless_random_crop(padded, [8, 8, 1], seed=crop_key)
     return _digits_standardize(spec, image)
   if spec.name in ('cifar10', 'cifar100'):
-    image = _decode(image)
+    image = augment.decode_rgb(image)
     if spec.augment == 'basic':
       image = augment.cifar_train(image, crop_key, pad=4)
     return augment.standardize(image, *_cifar_stats(spec.name))
@@ -188,7 +182,8 @@ def _train_image(spec: sources.DataSpec, image, key):
     image = augment.decode_and_inception_crop(image, crop_key, size=spec.image_size)
     image = augment.random_flip(image, flip_key)
   else:
-    image = augment.resize_center_crop(_decode(image), resize=spec.eval_resize, crop=spec.image_size)
+    image = augment.resize_center_crop(augment.decode_rgb(image), resize=spec.eval_resize,
+                                       crop=spec.image_size)
   if spec.randaugment_layers:
     image = augment.randaugment(image, ra_key, num_layers=spec.randaugment_layers,
                                 magnitude=spec.randaugment_magnitude)
@@ -199,7 +194,7 @@ def _eval_image(spec: sources.DataSpec, image, *, resize: Optional[int] = None):
   """One evaluation image -> float32 HxWxC (no randomness)."""
   if spec.name == 'digits':
     return _digits_standardize(spec, image)
-  image = _decode(image)
+  image = augment.decode_rgb(image)
   if spec.name in ('cifar10', 'cifar100'):
     return augment.standardize(image, *_cifar_stats(spec.name))
   image = augment.resize_center_crop(image, resize=resize or spec.eval_resize,

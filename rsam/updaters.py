@@ -119,8 +119,8 @@ def materialized(tree: PyTree, step) -> PyTree:
 
   XLA fuses an elementwise producer into each of its consumers. For the noise δ0 (threefry bits and an
   erf_inv polynomial per element) that recomputes the draw in every consumer of w + δ0 — on CPU even
-  inside activation-sized loops (a bias broadcast over batch × tokens), which made an R-SAM step 6% slower
-  than SAM on ViT-Ti/4 (results/benchmarks/). The result of a conditional is a fusion boundary (an
+  inside activation-sized loops (a bias broadcast over batch × tokens), which makes an R-SAM step several
+  percent slower than SAM on CPU (the rsam_fused_noise ablation in results/benchmarks/). The result of a conditional is a fusion boundary (an
   optimization_barrier is not: the CPU compiler removes it before fusion). Its predicate, step >= 0,
   always holds: the zeros branch never runs. Cost: a copy of δ0; on GPU also one wait of the host for
   the predicate (XLA runs a conditional by reading it back), a bubble of microseconds per step. The

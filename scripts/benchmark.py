@@ -1,7 +1,7 @@
 r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
 input-pipeline throughput, written as a markdown + JSON report.
 
-    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~12 min, 2 CPU cores)
+    python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~15 min, 2 CPU cores)
     python scripts/benchmark.py --preset gpu --out DIR                     # ViT-B/16 bf16 on one GPU/TPU chip
     python scripts/benchmark.py --preset smoke --out /tmp/bench            # seconds; what the test runs
 
@@ -333,8 +333,7 @@ def _optax_sam_step(config, model, tx, num_classes):
     grad_fn = lambda p, _: jax.grad(lambda q: loss_fn(q, state['model_state'], b, dropout_key)[0])(p)
     updates, opt_state = opt.update(grads, state['opt_state'], state['params'], grad_fn=grad_fn)
     params = optax.apply_updates(state['params'], updates)
-    # The loop's guard checks the loss and the gradient handed to the base optimizer (after both passes);
-    # optax keeps that gradient inside, so its counterpart here is the update it produced.
+    # The same guard as the loop's step: the loss and the update the optimizer produced.
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {'step': step + 1, 'params': keep(params, state['params']),
