@@ -25,7 +25,8 @@ config_flags.DEFINE_config_file('config', None, 'The training config of the run.
 def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> dict:
   import jax
   import data
-  from rsam.training import checkpointing, config_check, evaluation, loop, train_step
+  from rsam.training import checkpointing, config_check, evaluation, loop, paths, train_step
+  workdir = paths.normalize(workdir)
   if eval_sets:
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -39,9 +40,9 @@ def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> d
   sets = data.make_eval_sets(config.data, tuple(config.eval_sets), global_batch_size=config.eval_batch_size)
   results = evaluation.Evaluator(run.model, mesh, sets).run(state['params'], state['model_state'])
   out = {'step': step, 'eval': results, 'hardware': loop.hardware()}
+  out['path'] = str(paths.path(workdir) / f'eval_step{step}.json')
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_step{step}.json'), 'w') as f:
-      json.dump(out, f, indent=2, default=str)
+    paths.write_json(out['path'], {k: v for k, v in out.items() if k != 'path'})
   ckpt.close()
   return out
 
@@ -62,7 +63,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(json.dumps(out['eval']))
-  print(f"written: {os.path.join(flags.FLAGS.workdir, 'eval_step%d.json' % out['step'])}")
+  print(f"written: {out['path']}")
 
 
 if __name__ == '__main__':

@@ -901,10 +901,9 @@ def check_report(report) -> list:
 
 # ------------------------------------------------------------------------------------------- main
 def write_json(report, path):
-  """Whole or not at all: a run killed mid-write keeps the previous file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(report, f, indent=1, default=str)
-  os.replace(path + '.tmp', path)
+  """Whole or not at all (rsam/training/paths.py): a run killed mid-write keeps the previous file."""
+  from rsam.training import paths  # pylint: disable=g-import-not-at-top
+  paths.write_json(path, report)
 
 
 def parse_args(argv):
@@ -944,14 +943,13 @@ def main(argv=None):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
     print(json.dumps(pipeline_worker(worker_args)), flush=True)
     return None
+  from rsam.training import paths  # pylint: disable=g-import-not-at-top
   if args.render:
-    with open(args.render) as f:
-      report = json.load(f)
+    report = paths.read_json(args.render)
     for r in report['step_times'] + ([report['imagenet_step']] if 'imagenet_step' in report else []):
       derive_ratios(r)
     write_json(report, args.render)
-    with open(os.path.join(os.path.dirname(os.path.abspath(args.render)), 'benchmark.md'), 'w') as f:
-      f.write(markdown(report))
+    paths.write_text(paths.path(paths.normalize(args.render)).parent / 'benchmark.md', markdown(report))
     return report
   if args.host_devices and 'jax' not in sys.modules:
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
@@ -970,8 +968,8 @@ def main(argv=None):
 
   import jax  # pylint: disable=g-import-not-at-top
   from rsam.training import train_step  # pylint: disable=g-import-not-at-top
-  out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
-  os.makedirs(out, exist_ok=True)
+  out = args.out if os.path.isabs(args.out) or paths.is_remote(args.out) else os.path.join(ROOT, args.out)
+  paths.makedirs(out)
 
   def log(msg):
     print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
@@ -989,7 +987,7 @@ def main(argv=None):
 
   def progress(partial):  # the JSON so far, rewritten as each measurement lands
     write_json(report | {'step_times': report['step_times'] + [partial], 'partial': True},
-               os.path.join(out, 'benchmark.json'))
+               f'{out}/benchmark.json')
 
   for spec in preset['models']:
     model = _parse_model(spec)
@@ -1013,9 +1011,8 @@ def main(argv=None):
     report['pipeline_vs_step']['imagenet'] = _compare_pipeline(
         report['pipelines']['imagenet'], imagenet_step or report['step_times'][0])
   report['machine_load'] = monitor.result()
-  write_json(report, os.path.join(out, 'benchmark.json'))
-  with open(os.path.join(out, 'benchmark.md'), 'w') as f:
-    f.write(markdown(report))
+  write_json(report, f'{out}/benchmark.json')
+  paths.write_text(f'{out}/benchmark.md', markdown(report))
   problems = check_report(report)
   log(f"report: {os.path.join(args.out, 'benchmark.md')}" + (f'; PROBLEMS: {problems}' if problems else ''))
   return report

@@ -35,6 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from rsam.training import paths  # pylint: disable=wrong-import-position
+
 PAPER_DIR = os.path.join(REPO, 'results', 'paper')
 BASE_OPTIMIZER_LABEL = {'sgd': 'sgd', 'momentum': 'sgd_momentum', 'rmsprop': 'rmsprop', 'adamw': 'adamw'}
 OPTIMIZER_ORDER = ('sgd', 'sgd_momentum', 'rmsprop', 'adamw', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam',
@@ -107,14 +109,35 @@ def flatten(tree, prefix: str = '') -> Dict[str, Any]:
 
 
 def find_runs(root: str) -> Tuple[List[Run], List[str]]:
+  """Every results.json under ``root`` (a local folder or gs://...; a repository's tests/fixtures are
+  skipped), and a line for each one that does not read or does not have a run's shape."""
   runs, problems = [], []
-  for path in sorted(glob.glob(os.path.join(root, '**', 'results.json'), recursive=True)):
+  for path in paths.find(root, 'results.json'):
     try:
-      with open(path) as f:
-        runs.append(Run(path, json.load(f)))
+      results = paths.read_json(path)
+      shape_problem = _shape_problem(results)
+      if shape_problem:
+        raise ValueError(shape_problem)
+      runs.append(Run(path, results))
     except (OSError, ValueError) as e:
       problems.append(f'{path}: unreadable ({e})')
   return runs, problems
+
+
+def _shape_problem(results) -> Optional[str]:
+  """Why ``results`` is not a results.json of train.py (None if it is one)."""
+  if not isinstance(results, dict):
+    return f'a JSON {type(results).__name__}, not an object'
+  for key in ('config', 'eval'):
+    if not isinstance(results.get(key), dict):
+      return f'"{key}" is {type(results.get(key)).__name__}, not an object'
+  bad = [name for name, value in results['eval'].items() if not isinstance(value, dict)]
+  if bad:
+    return f'eval["{bad[0]}"] is not an object'
+  for section in ('data', 'model', 'updater', 'optimizer'):
+    if not isinstance(results['config'].get(section, {}), dict):
+      return f'config["{section}"] is not an object'
+  return None
 
 
 def signature(flat: Dict[str, Any], config: dict) -> tuple:
@@ -427,7 +450,7 @@ def make(root: str, table: Optional[str] = None, layout: Optional[str] = None,
   sections = []
   if layout:
     rows, cols = parse_layout(layout)
-    sections.append(generic_table(runs, rows, cols, title=os.path.basename(os.path.normpath(root)) or root,
+    sections.append(generic_table(runs, rows, cols, title=paths.normalize(root).rstrip('/').rsplit('/', 1)[-1] or root,
                                   eval_set=eval_set))
   else:
     placed = set()

@@ -9,9 +9,8 @@ Each run is ``python train.py --config <config of the cell> --config.seed=<k> --
 <root>/<home table>/<cell>/seed<k>`` plus its wandb group (the table), name (cell and seed) and tags. The
 grid is ``configs/tables.py``: the Table 4 runs, the R-SAM bar of Fig. 3(a) and the official points of
 Fig. 3(b, c) are the Table 3 runs without augmentation, so they are listed with their Table 3 workdir.
-Runs whose ``results.json`` exists are skipped (a local root is checked; a gs:// root is checked
-through tf.io.gfile when TensorFlow is importable). Interrupted runs resume from their checkpoints when
-the same command runs again.
+Runs whose ``results.json`` exists are skipped (a local folder or a gs:// bucket, read through
+rsam/training/paths.py). Interrupted runs resume from their checkpoints when the same command runs again.
 
 --print (the default) writes one command per line, for a TPU VM (run the same line on every host of the
 slice, e.g. ``gcloud compute tpus tpu-vm ssh ... --worker=all --command "<line>"``) or a job scheduler.
@@ -29,16 +28,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import tables  # pylint: disable=wrong-import-position
-
-
-def _exists(path: str) -> bool:
-  if '://' not in path:
-    return os.path.exists(path)
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.exists(path)
-  except Exception:  # pylint: disable=broad-except
-    return False
+from rsam.training import paths  # pylint: disable=wrong-import-position
 
 
 def command(run: tables.Run, seed: int, *, root: str, data_dir=None, wandb=False,
@@ -64,7 +54,7 @@ def plan(table: str, seeds: int, root: str, **kw):
   out = []
   for run in tables.runs_of(table):
     for seed in range(seeds):
-      done = _exists(os.path.join(run.workdir(root, seed), 'results.json'))
+      done = paths.exists(paths.path(run.workdir(root, seed)) / 'results.json')
       out.append((run, seed, command(run, seed, root=root, **kw), done))
   return out
 

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 16  # tiny's 12 steps would do; 16 leaves the SIGKILL more room to land mid-run
 TRAIN = ['train.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}']
@@ -49,29 +51,7 @@ def _tiny(**overrides):
   return c
 
 
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  """JAX's persistent compilation cache, in-process and for the subprocesses, for this module only."""
-  from jax.experimental.compilation_cache import compilation_cache
-  path = str(tmp_path_factory.mktemp('jax_cache'))
-  settings = {'jax_compilation_cache_dir': path, 'jax_persistent_cache_min_compile_time_secs': 0,
-              'jax_persistent_cache_min_entry_size_bytes': -1}
-  before = {name: getattr(jax.config, name) for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()  # an earlier compile may have decided "no cache" for the process
-  yield path
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-def _env(cache_dir, **extra):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1', WANDB_MODE='disabled', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'), **extra)
-  return env
+_env = helpers.subprocess_env
 
 
 def _finished_steps(workdir):

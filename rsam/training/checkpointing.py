@@ -18,9 +18,9 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
-from etils import epath
 
 from rsam.errors import ConfigError
+from rsam.training import paths
 
 
 class CheckpointError(ConfigError):
@@ -32,7 +32,7 @@ class Checkpointer:
                cleanup_tmp: bool = False):
     """``cleanup_tmp``: delete saves interrupted by a kill (they would pile up, a full checkpoint each) when
     opening; only for the trainer, never for a reader such as eval.py that may run beside it."""
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    self.directory = paths.path(paths.normalize(workdir)) / 'checkpoints'
     if cleanup_tmp:  # ourselves, synchronously: orbax's option leaves a thread that can outlive the process
       self._remove_interrupted_saves()
     self._options = ocp.CheckpointManagerOptions(
@@ -108,14 +108,16 @@ class Checkpointer:
                           f'({type(error).__name__}); choose another --step')
 
   def _set_aside(self, step: int) -> str:
-    src = os.fspath(self.directory / str(step))
-    dst = src + '.damaged'
-    suffix = 0
-    while os.path.exists(dst):
+    src = self.directory / str(step)
+    names = paths.listdir(self.directory)
+    dst, suffix = f'{step}.damaged', 0
+    while dst in names:
       suffix += 1
-      dst = f'{src}.damaged{suffix}'
+      dst = f'{step}.damaged{suffix}'
+    dst = self.directory / dst
     if jax.process_index() == 0:
-      os.rename(src, dst)
+      src.rename(dst)
+      paths.refresh(self.directory)
     multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self.manager.reload()
     return dst

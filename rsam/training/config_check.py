@@ -14,7 +14,7 @@ import data
 import models
 import rsam
 from rsam.errors import ConfigError
-from rsam.training import losses, optim
+from rsam.training import losses, optim, paths
 
 
 class NonFiniteError(ConfigError):
@@ -191,19 +191,16 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
 
   Only a workdir with checkpoints holds a run: a start that failed before its first checkpoint (a config
   error raised late, missing data, out of memory) leaves a config.json that the next start overwrites.
+  Local folders and gs:// buckets alike (rsam/training/paths.py).
   """
-  path = os.path.join(workdir, 'config.json')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ConfigError(f'cannot create --workdir {workdir} ({e.strerror}); choose a writable directory')
-  if not os.access(workdir, os.W_OK):
-    raise ConfigError(f'--workdir {workdir} is not writable; choose a writable directory')
+  path = paths.path(workdir) / 'config.json'
+  if jax.process_index() == 0:
+    paths.check_writable(workdir)
   has_run = _has_checkpoints(workdir)
-  if has_run and os.path.exists(path) and not force:
+  saved_exists = paths.exists(path)
+  if has_run and saved_exists and not force:
     try:
-      with open(path) as f:
-        saved = json.load(f)
+      saved = paths.read_json(path)
     except (OSError, ValueError) as e:
       raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
                         f'this config and continue the run') from None
@@ -211,19 +208,16 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
     if differ:
       raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')
-  if jax.process_index() == 0 and (force or not has_run or not os.path.exists(path)):
+  if jax.process_index() == 0 and (force or not has_run or not saved_exists):
     try:
-      with open(path + '.tmp', 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
-      os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a config.json
+      paths.write_text(path, config.to_json_best_effort(indent=2))
     except OSError as e:
-      raise ConfigError(f'cannot write {path} ({e.strerror}); choose a writable --workdir') from None
+      raise paths.StorageError(f'cannot write {path} ({paths.brief(e)}); choose a writable --workdir') from None
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  """Any checkpoint folder, finished, interrupted (``N.orbax-checkpoint-tmp-*``) or set aside."""
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(n.split('.')[0].isdigit() for n in os.listdir(directory))
+  """Any checkpoint folder, finished, interrupted or set aside."""
+  return any(n.split('.')[0].isdigit() for n in paths.listdir(paths.path(workdir) / 'checkpoints'))
 
 
 def _identity_from_json(saved: dict) -> dict:
@@ -234,4 +228,4 @@ def _identity_from_json(saved: dict) -> dict:
 def run_id(config, workdir: str) -> str:
   """A stable id for the run (the wandb id), so a resumed run appends to the same wandb run."""
   del config
-  return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:12]
+  return hashlib.sha1(paths.normalize(workdir).encode()).hexdigest()[:12]

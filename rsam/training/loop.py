@@ -12,7 +12,7 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, evaluation, writers
+from rsam.training import checkpointing, config_check, evaluation, paths, writers
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -38,8 +38,12 @@ def hardware() -> dict:
 
 
 def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict."""
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
+
+  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py.
+  """
   start_time = time.time()
+  workdir = paths.normalize(workdir)
   config_check.validate(config)  # one-line errors before any device, data or compilation work
   if config.get('distributed', {}).get('enabled'):
     jax.distributed.initialize(**{k: v for k, v in config.distributed.items() if k != 'enabled'})
@@ -139,13 +143,11 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
              'eval': eval_results, 'wall_time_s': time.time() - start_time,
              'hardware': hardware(), 'skipped_steps': skipped}
+  results_path = paths.path(workdir) / 'results.json'
   if jax.process_index() == 0:  # written whole or not at all: a kill here must not leave half a file
-    with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
-      json.dump(results, f, indent=2, default=str)
-    os.replace(os.path.join(workdir, 'results.json.tmp'), os.path.join(workdir, 'results.json'))
+    paths.write_json(results_path, results)
   writer.close()
-  print(f'done: {json.dumps(eval_results)}; results in {os.path.join(workdir, "results.json")}',
-        flush=True)
+  print(f'done: {json.dumps(eval_results)}; results in {results_path}', flush=True)
   return results
 
 
@@ -167,6 +169,7 @@ def _log(writer, step, total_steps, window, window_steps, seconds, schedule, con
   img_per_s = config.batch_size * window_steps / max(seconds, 1e-9)
   means['train/img_per_s_per_device'] = img_per_s / num_devices
   writer.write_scalars(step, means)
+  writer.flush()  # a remote workdir's events are copied to it here (at most every COPY_EVERY_SECS)
   eta = (total_steps - step) * seconds / max(window_steps, 1)
   print(f'step {step}/{total_steps} | loss {means["train/loss"]:.4f} | '
         f'acc {means.get("train/accuracy", float("nan")):.3f} | {img_per_s:.0f} img/s | '

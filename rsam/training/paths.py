@@ -1,0 +1,203 @@
+"""The one path layer: every file the project reads or writes, local or ``gs://``, goes through here.
+
+Paths are ``etils.epath.Path`` (the layer orbax already uses). For ``gs://`` epath would pick TensorFlow's
+GCS client whenever TensorFlow is installed; that client ignores ``STORAGE_EMULATOR_HOST`` and cannot be
+pointed anywhere but Google. So this module makes epath use gcsfs (fsspec) instead, before any gs:// path
+is touched: ``EPATH_USE_TF=false``. Then one variable routes everything to an emulator:
+
+  STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT   read by gcsfs and Google's client libraries; copied here
+                                                into TENSORSTORE_GCS_HTTP_URL, the variable tensorstore
+                                                (orbax's array I/O) reads instead.
+
+Reading tfds data from ``gs://`` stays TensorFlow's job (tfds itself). TensorBoard's event writer is
+TensorFlow's too: for a remote workdir it writes into ``staging_dir(workdir, ...)`` and
+rsam/training/writers.py copies the files to the workdir through this layer.
+
+Writes are whole or absent: a local file is written beside its target and renamed over it; a GCS object
+appears only once its upload completes.
+"""
+import hashlib
+import json
+import os
+import logging
+from typing import Any, Iterable, List, Union
+
+os.environ['EPATH_USE_TF'] = 'false'  # before etils decides (it caches the choice at the first gs:// use)
+if os.environ.get('STORAGE_EMULATOR_HOST'):
+  _host = os.environ['STORAGE_EMULATOR_HOST']
+  os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', _host if '://' in _host else f'http://{_host}')
+  # Without credentials gcsfs logs a warning per bucket while it probes the bucket type; an emulator has none.
+  logging.getLogger('gcsfs').setLevel(logging.ERROR)
+
+from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# If an epath call came first (it caches whether to use TensorFlow at its first call), decide again.
+if hasattr(epath.gpath, '_is_tf_installed'):
+  epath.gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+
+from rsam.errors import ConfigError  # pylint: disable=wrong-import-position
+
+PathLike = Union[str, os.PathLike]
+
+
+class StorageError(ConfigError):
+  """A workdir or output location that cannot be read or written (missing bucket, permissions, ...)."""
+
+
+def path(p: PathLike) -> epath.Path:
+  return p if isinstance(p, epath.Path) else epath.Path(os.fspath(p))
+
+
+def is_remote(p: PathLike) -> bool:
+  return '://' in os.fspath(p)
+
+
+def normalize(p: PathLike) -> str:
+  """A local path made absolute (orbax wants that), a remote one kept as it is (no trailing slash)."""
+  text = os.fspath(p)
+  return text.rstrip('/') if is_remote(text) else os.path.abspath(text)
+
+
+def bucket(p: PathLike) -> str:
+  """'gs://BUCKET' of a remote path ('' for a local one)."""
+  text = os.fspath(p)
+  if not is_remote(text):
+    return ''
+  scheme, rest = text.split('://', 1)
+  return f'{scheme}://{rest.split("/", 1)[0]}'
+
+
+def _fs(p: PathLike):
+  """The fsspec filesystem behind a remote path."""
+  return epath.backend.fsspec_backend.fs(os.fspath(p))
+
+
+def refresh(p: PathLike) -> None:
+  """Forgets cached listings of ``p`` (gcsfs caches them): the next read sees other processes' writes."""
+  if is_remote(p):
+    _fs(p).invalidate_cache(os.fspath(p))
+
+
+def exists(p: PathLike) -> bool:
+  refresh(p)
+  return path(p).exists()
+
+
+def read_text(p: PathLike) -> str:
+  refresh(p)
+  return path(p).read_text()
+
+
+def read_json(p: PathLike) -> Any:
+  """The parsed file; FileNotFoundError if absent, ValueError if it does not parse."""
+  return json.loads(read_text(p))
+
+
+def write_text(p: PathLike, text: str) -> None:
+  """Writes ``text`` whole or not at all (a kill never leaves half a file)."""
+  target = path(p)
+  if is_remote(target):
+    target.write_text(text)  # one upload: the object appears complete or not at all
+    return
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
+  tmp.write_text(text)
+  os.replace(tmp, target)
+
+
+def write_json(p: PathLike, obj: Any) -> None:
+  write_text(p, json.dumps(obj, indent=2, default=str))
+
+
+def makedirs(p: PathLike) -> None:
+  """Creates a local folder (and its parents); a no-op for object stores, which have no folders."""
+  if not is_remote(p):
+    path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p: PathLike) -> List[str]:
+  """Names in folder ``p`` ([] if it does not exist)."""
+  refresh(p)
+  folder = path(p)
+  if not folder.exists():
+    return []
+  return sorted(child.name for child in folder.iterdir())
+
+
+# Folders that never hold runs: version control, environments, and the tests' own fixture runs.
+_SKIP_DIRS = ('.git', '.venv', '__pycache__', 'node_modules', '.pytest_cache')
+
+
+def find(root: PathLike, filename: str) -> List[str]:
+  """Every file called ``filename`` under ``root`` (any depth), sorted; skips .git, .venv and the like,
+  and a repository's tests/fixtures. One listing call on GCS (recursive ``**`` globs are not allowed
+  there)."""
+  root_text = normalize(root)
+  if is_remote(root_text):
+    refresh(root_text)
+    scheme = root_text.split('://', 1)[0]
+    try:
+      found = _fs(root_text).find(root_text)
+    except FileNotFoundError:
+      return []
+    out = [f'{scheme}://{f}' for f in found if f.rsplit('/', 1)[-1] == filename]
+    return sorted(f for f in out if not _skipped(f[len(root_text):].split('/')))
+  out = []
+  for folder, dirs, files in os.walk(root_text):
+    rel = os.path.relpath(folder, root_text).split(os.sep)
+    dirs[:] = [d for d in dirs if not _skipped(rel + [d])]
+    out += [os.path.join(folder, f) for f in files if f == filename]
+  return sorted(out)
+
+
+def _skipped(parts: Iterable[str]) -> bool:
+  parts = [p for p in parts if p not in ('', '.')]
+  if any(p in _SKIP_DIRS for p in parts):
+    return True
+  return any(a == 'tests' and b == 'fixtures' for a, b in zip(parts, parts[1:]))
+
+
+def cache_dir() -> str:
+  """This machine's cache folder for rsam: $RSAM_CACHE_DIR, else $XDG_CACHE_HOME/rsam, else ~/.cache/rsam."""
+  explicit = os.environ.get('RSAM_CACHE_DIR')
+  if explicit:
+    return explicit
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'rsam')
+
+
+def staging_dir(workdir: PathLike) -> str:
+  """The local folder where libraries that can only write locally write for ``workdir`` (wandb's files;
+  TensorBoard events before they are copied): the workdir itself when it is local; for a remote one a
+  folder in the cache named after the workdir's hash, never a folder named after the bucket."""
+  text = normalize(workdir)
+  if not is_remote(text):
+    return text
+  digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+  folder = os.path.join(cache_dir(), 'staging', digest)
+  os.makedirs(folder, exist_ok=True)
+  return folder
+
+
+def check_writable(workdir: PathLike, *, what: str = '--workdir') -> None:
+  """Creates ``workdir`` if needed and proves it writable with a small probe file; a StorageError names
+  the folder (or bucket) and the cause otherwise."""
+  text = normalize(workdir)
+  where = bucket(text) if is_remote(text) else text
+  try:
+    makedirs(text)
+    probe = path(text) / f'.rsam_write_probe_{os.getpid()}'
+    probe.write_text('')
+    probe.unlink()
+  except FileNotFoundError as e:
+    raise StorageError(f'{what} {text}: {where} does not exist ({brief(e)}); create it '
+                       f'(gcloud storage buckets create {where}) or fix the path' if is_remote(text) else
+                       f'{what} {text} cannot be created ({brief(e)}); choose a writable folder') from None
+  except (PermissionError, OSError) as e:
+    raise StorageError(f'{what} {text} is not writable ({brief(e)}); choose a writable '
+                       f'{"bucket you can write to" if is_remote(text) else "folder"}') from None
+
+
+def brief(e: BaseException) -> str:
+  text = (getattr(e, 'strerror', None) or str(e) or type(e).__name__).strip().splitlines()
+  return text[0][:160] if text else type(e).__name__

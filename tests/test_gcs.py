@@ -1,0 +1,322 @@
+"""gs:// workdirs end to end (issue: Cloud TPU runs for real), against a real GCS emulator.
+
+    python -m pytest tests/test_gcs.py -q       # about 4 minutes on 2 CPU cores
+
+fake-gcs-server runs on 127.0.0.1 (the session fixture ``gcs``, tests/gcs_emulator.py). The runs are
+``python train.py`` / ``eval.py`` / scripts in subprocesses whose only GCS setting is
+``STORAGE_EMULATOR_HOST``; the tests read the bucket through the emulator's JSON API with urllib, and copy
+a run's objects into a local folder to restore its checkpoints with orbax. Nothing reaches any address but
+127.0.0.1.
+
+One module-scoped chain on configs/tiny.py (16 steps, checkpoints every 4), as tests/test_train.py does
+locally: an uninterrupted local reference in this process; ``train.py --workdir gs://...`` SIGKILLed as
+soon as a checkpoint is finished in the bucket; the same command again to the end. The compilation cache
+(conftest) makes the subprocesses load what the reference compiled.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests import helpers
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 16
+TRAIN = [sys.executable, 'train.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}']
+BUCKET = 'rsam-runs'
+RUN = 'tiny/run1'  # the chain's workdir in BUCKET
+
+
+def _tiny():
+  from configs import tiny
+  c = tiny.get_config()
+  c.total_steps = STEPS
+  return c
+
+
+def _finished_steps(gcs, bucket, prefix):
+  """Steps whose checkpoint is finished in the bucket (orbax marks a finished save on GCS with
+  commit_success.txt in the step's folder; there are no atomic renames on object stores)."""
+  pattern = re.compile(re.escape(prefix) + r'/checkpoints/(\d+)/commit_success\.txt$')
+  return sorted(int(m.group(1)) for name in gcs.objects(bucket, prefix + '/') for m in [pattern.match(name)] if m)
+
+
+def _download(gcs, bucket, prefix, local):
+  """Copies every object under ``prefix/`` into folder ``local`` (the tests' independent view of a run)."""
+  for name in gcs.objects(bucket, prefix + '/'):
+    target = os.path.join(local, name[len(prefix) + 1:])
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, 'wb') as f:
+      f.write(gcs.read(bucket, name))
+  return local
+
+
+def _state(workdir, step):
+  """The train state of checkpoint ``step`` of a local folder, as numpy leaves."""
+  from rsam.training import checkpointing, train_step
+  run = train_step.build(_tiny(), train_step.make_mesh())
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
+  try:
+    got, state = ckpt.restore(step, run.init_state())
+  finally:
+    ckpt.close()
+  assert got == step
+  return jax.tree.map(np.asarray, jax.device_get(state))
+
+
+def _assert_same_state(a, b):
+  for part in ('step', 'params', 'opt_state', 'model_state'):
+    flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a[part])[0], jax.tree_util.tree_flatten_with_path(b[part])[0]
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+      np.testing.assert_array_equal(x, y, err_msg=f'{part}{jax.tree_util.keystr(path)}')
+
+
+def _checkout_state():
+  """What git sees in the checkout, ignored files included (a stray `gs:` folder would show here)."""
+  return subprocess.run(['git', 'status', '--porcelain', '--ignored', '--untracked-files=all'], cwd=ROOT,
+                        capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope='module')
+def chain(gcs, compile_cache, tmp_path_factory):
+  from rsam.training import loop
+  base = tmp_path_factory.mktemp('gcs_chain')
+  gcs.create_bucket(BUCKET)
+  out = {'workdir': f'gs://{BUCKET}/{RUN}', 'checkout_before': _checkout_state()}
+  cache = str(base / 'cache')
+  env = helpers.subprocess_env(compile_cache, **{k: v for k, v in gcs.env().items()
+                                                if k in ('STORAGE_EMULATOR_HOST', 'NO_PROXY', 'no_proxy')},
+                               XDG_CACHE_HOME=cache)
+  out['env'], out['cache'] = env, cache
+  out['reference_results'] = loop.train_and_evaluate(_tiny(), str(base / 'reference'))
+  out['reference'] = base / 'reference'
+
+  command = TRAIN + ['--workdir', out['workdir']]
+  with open(base / 'killed.log', 'w') as log:
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    record = {}
+
+    def kill_after_first_checkpoint():
+      deadline = time.time() + 600
+      while proc.poll() is None and time.time() < deadline:
+        steps = _finished_steps(gcs, BUCKET, RUN)
+        if steps:
+          os.killpg(proc.pid, signal.SIGKILL)
+          record['steps_at_kill'] = steps
+          return
+        time.sleep(0.05)
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    killer.join()
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    out['killed_rc'] = proc.wait(timeout=60)
+  out['kill'] = record
+  out['kill_log'] = (base / 'killed.log').read_text()
+  out['objects_after_kill'] = gcs.objects(BUCKET, RUN + '/')
+  out['resumed'] = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  out['mirror'] = _download(gcs, BUCKET, RUN, str(base / 'mirror'))
+  out['base'] = base
+  return out
+
+
+def test_killed_gcs_run_resumes_from_the_bucket_and_ends_bit_identical(chain):
+  assert chain['kill'].get('steps_at_kill'), chain['kill_log'][-3000:]
+  assert chain['killed_rc'] == -signal.SIGKILL
+  assert f'{RUN}/results.json' not in chain['objects_after_kill']
+  resumed = chain['resumed']
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  starts = re.findall(r'^resumed from step (\d+) in gs://', resumed.stdout, re.M)
+  assert len(starts) == 1 and 0 < int(starts[0]) < STEPS, resumed.stdout
+  _assert_same_state(_state(chain['mirror'], STEPS), _state(chain['reference'], STEPS))
+  with open(os.path.join(chain['mirror'], 'results.json')) as f:
+    assert json.load(f)['eval'] == chain['reference_results']['eval']
+
+
+def test_every_file_of_the_run_is_in_the_bucket_and_nothing_local(gcs, chain):
+  names = [n[len(RUN) + 1:] for n in gcs.objects(BUCKET, RUN + '/')]
+  assert 'config.json' in names and 'results.json' in names
+  assert f'checkpoints/{STEPS}/commit_success.txt' in names
+  events = [n for n in names if n.startswith('events.out.tfevents.')]
+  assert len(events) == 2, names  # one events file per process: the killed one and the resumed one
+  # The TensorBoard events reached the bucket whole: they hold the last step's train and eval scalars.
+  import tensorflow as tf
+  tags = set()
+  for name in events:
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(chain['mirror'], name)):
+      tags |= {(event.step, v.tag) for v in event.summary.value}
+  assert (STEPS, 'train/loss') in tags and (STEPS, 'eval/test/accuracy') in tags
+  # Nothing in the checkout changed (no `gs:` folder named after the bucket), nothing in the current folder.
+  assert _checkout_state() == chain['checkout_before']
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))
+  # What libraries must stage locally went to the cache folder, not to the workdir's name.
+  ours = os.path.join(chain['cache'], 'rsam')
+  staged = [os.path.relpath(os.path.join(d, f), ours) for d, _, files in os.walk(ours) for f in files]
+  assert staged and all(p.startswith('staging' + os.sep) for p in staged), staged
+
+
+def test_eval_py_on_a_gcs_workdir(gcs, chain):
+  proc = subprocess.run([sys.executable, 'eval.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}',
+                         '--workdir', chain['workdir']], cwd=ROOT, env=chain['env'], capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = json.loads(gcs.read(BUCKET, f'{RUN}/eval_step{STEPS}.json'))
+  assert written['eval']['test'] == chain['reference_results']['eval']['test']
+  assert proc.stdout.splitlines()[-1] == f'written: {chain["workdir"]}/eval_step{STEPS}.json'
+
+
+def test_make_tables_lists_runs_in_a_bucket_and_flags_a_malformed_one(gcs, chain):
+  gcs.write(BUCKET, 'other/seed0/results.json', b'{"config": [], "eval": 3}')
+  try:
+    proc = subprocess.run([sys.executable, 'scripts/make_tables.py', '--root', f'gs://{BUCKET}', '--layout',
+                           'rows=model,cols=optimizer'], cwd=ROOT, env=chain['env'], capture_output=True, text=True,
+                          timeout=300)
+  finally:
+    gcs.delete(BUCKET, 'other/seed0/results.json')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  accuracy = 100 * chain['reference_results']['eval']['test']['accuracy']
+  row = next(line for line in proc.stdout.splitlines() if line.startswith('| resnet_tiny'))
+  assert f'{accuracy:.1f}' in row and '[1]' in row, proc.stdout
+  assert f'gs://{BUCKET}/other/seed0/results.json: unreadable' in proc.stdout
+
+
+def test_reproduce_skips_runs_finished_in_the_bucket(gcs, chain):
+  from configs import tables
+  run = tables.runs_of('1')[0]
+  root = gcs.create_bucket('rsam-repro')
+  done = run.workdir(root, 0)
+  gcs.write('rsam-repro', done[len(root) + 1:] + '/results.json', b'{"config": {}, "eval": {}}')
+  proc = subprocess.run([sys.executable, 'scripts/reproduce.py', '--table', '1', '--seeds', '1',
+                         '--workdir_root', root], cwd=ROOT, env=chain['env'], capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'# done: {done}/results.json' in proc.stdout
+  commands = [line for line in proc.stdout.splitlines() if not line.startswith('#')]
+  assert len(commands) == len(tables.runs_of('1')) - 1
+  assert not any(f'--workdir={done}' in line for line in commands)
+
+
+def test_a_different_config_on_the_same_gcs_workdir_is_refused(gcs, chain):
+  before = {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, RUN + '/')}
+  proc = subprocess.run(TRAIN + ['--workdir', chain['workdir'], '--config.optimizer.lr=0.01'], cwd=ROOT,
+                        env=chain['env'], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'holds a run of a different config' in errors[0] and 'optimizer.lr' in errors[0]
+  assert {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, RUN + '/')} == before
+
+
+def test_damaged_newest_checkpoint_in_the_bucket_falls_back_to_the_previous_one(gcs, chain):
+  """A copy of the finished run whose newest checkpoint lost its array data: the same command sets it aside
+  (renamed <step>.damaged in the bucket, never deleted), resumes from the one before and ends as the
+  uninterrupted reference does."""
+  copy = 'tiny/damaged'
+  for name in gcs.objects(BUCKET, RUN + '/'):
+    gcs.write(BUCKET, copy + name[len(RUN):], gcs.read(BUCKET, name))
+  data = [n for n in gcs.objects(BUCKET, f'{copy}/checkpoints/{STEPS}/') if '/d/' in n]
+  assert data
+  for name in data:
+    gcs.delete(BUCKET, name)
+  gcs.delete(BUCKET, f'{copy}/results.json')
+  proc = subprocess.run(TRAIN + ['--workdir', f'gs://{BUCKET}/{copy}'], cwd=ROOT, env=chain['env'],
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  previous = STEPS - _tiny().checkpoint_every_steps
+  assert f'resumed from step {previous} in gs://' in proc.stdout
+  assert re.search(rf'checkpoint {STEPS} in gs://\S+ is damaged', proc.stdout), proc.stdout
+  names = gcs.objects(BUCKET, copy + '/')
+  assert f'{copy}/checkpoints/{STEPS}.damaged/_CHECKPOINT_METADATA' in names
+  assert f'{copy}/checkpoints/{STEPS}/commit_success.txt' in names
+  mirror = _download(gcs, BUCKET, copy, str(chain['base'] / 'damaged_mirror'))
+  _assert_same_state(_state(mirror, STEPS), _state(chain['reference'], STEPS))
+
+
+def test_a_missing_bucket_is_one_error_line_naming_it(chain):
+  proc = subprocess.run(TRAIN + ['--workdir', 'gs://rsam-no-such-bucket/run'], cwd=ROOT, env=chain['env'],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'gs://rsam-no-such-bucket' in errors[0] and 'does not exist' in errors[0], \
+      proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def _readme_main_command():
+  """The README's main command (the block after <!-- ci:main -->), as .ci/run reads it."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    lines = f.read().splitlines()
+  start = lines.index('<!-- ci:main -->')
+  return next(line for line in lines[start + 2:] if line.strip())
+
+
+def test_readme_main_command_with_a_gcs_workdir(gcs, chain):
+  command = _readme_main_command()
+  assert ' --workdir ' in command
+  bucket = gcs.create_bucket('rsam-quickstart')
+  command = re.sub(r'--workdir \S+', f'--workdir {bucket}/run', command).replace('.venv/bin/python',
+                                                                                  sys.executable)
+  before = _checkout_state()
+  proc = subprocess.run(command, shell=True, cwd=ROOT, env=chain['env'], capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'results in {bucket}/run/results.json' in proc.stdout
+  names = {n[len('run/'):] for n in gcs.objects('rsam-quickstart', 'run/')}
+  assert {'config.json', 'results.json'} <= names
+  assert any(n.startswith('events.out.tfevents.') for n in names)
+  assert any(re.fullmatch(r'checkpoints/\d+/commit_success\.txt', n) for n in names)
+  results = json.loads(gcs.read('rsam-quickstart', 'run/results.json'))
+  assert results['eval']['test']['accuracy'] > 0.9  # the quickstart's R-SAM ResNet on digits
+  assert _checkout_state() == before
+
+
+def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
+  """jax.distributed over two processes on 127.0.0.1 (2 fake CPU devices each): both write their shards of
+  each checkpoint; process 0 alone writes config.json and results.json (counted from the emulator's access
+  log)."""
+  from tests import test_multihost
+  bucket = gcs.create_bucket('rsam-two-processes')
+  workdir = f'{bucket}/run'
+  port = test_multihost._free_port()  # pylint: disable=protected-access
+  env = dict(chain['env'], XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  procs = []
+  for i in range(2):
+    log = open(tmp_path / f'process{i}.log', 'w')
+    procs.append((subprocess.Popen(
+        [sys.executable, 'train.py', '--config', 'configs/tiny.py:sam', '--workdir', workdir,
+         '--config.total_steps=4', '--config.checkpoint_every_steps=2', '--config.distributed.enabled=True',
+         f'--config.distributed.coordinator_address=127.0.0.1:{port}', '--config.distributed.num_processes=2',
+         f'--config.distributed.process_id={i}'],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+  try:
+    deadline = time.time() + 900
+    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+      if any(p.poll() not in (None, 0) for p, _ in procs):
+        break
+      time.sleep(0.2)
+  finally:
+    for p, log in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+      log.close()
+  for i, (p, _) in enumerate(procs):
+    assert p.returncode == 0, (tmp_path / f'process{i}.log').read_text()[-3000:]
+  names = gcs.objects('rsam-two-processes', 'run/')
+  for step in (2, 4):
+    for process in (0, 1):
+      assert any(n.startswith(f'run/checkpoints/{step}/default/ocdbt.process_{process}/') for n in names), names
+  for name in ('config.json', 'results.json'):
+    assert gcs.uploads('rsam-two-processes', f'run/{name}') == 1, name
+  assert json.loads(gcs.read('rsam-two-processes', 'run/results.json'))['hardware']['num_processes'] == 2
