@@ -12,7 +12,7 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, evaluation, writers
+from rsam.training import checkpointing, config_check, distributed, evaluation, writers
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -40,9 +40,8 @@ def hardware() -> dict:
 def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict."""
   start_time = time.time()
+  distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
-  if config.get('distributed', {}).get('enabled'):
-    jax.distributed.initialize(**{k: v for k, v in config.distributed.items() if k != 'enabled'})
   mesh = make_mesh()
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
