@@ -25,8 +25,9 @@ config_flags.DEFINE_config_file('config', None, 'The training config of the run.
 def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> dict:
   import jax
   import data
-  from rsam.training import checkpointing, config_check, evaluation, loop, paths, train_step
+  from rsam.training import checkpointing, config_check, distributed, evaluation, loop, paths, train_step
   workdir = paths.normalize(workdir)
+  distributed.start(config, workdir)  # every host of a pod runs eval.py together, as it ran train.py
   if eval_sets:
     config = config.copy_and_resolve_references()
     with config.unlocked():

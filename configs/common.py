@@ -41,7 +41,9 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
       'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),
       'group': placeholder(str), 'name': placeholder(str),
       'tags': ()})
+  # Multi-host start (rsam/training/distributed.py): enabled None = automatic (a Cloud TPU VM pod joins by
+  # itself, anything else runs as one process); True with the other fields for other clusters; False: never.
   c.distributed = ml_collections.ConfigDict({
-      'enabled': False, 'coordinator_address': placeholder(str), 'num_processes': placeholder(int),
-      'process_id': placeholder(int)})
+      'enabled': placeholder(bool), 'coordinator_address': placeholder(str),
+      'num_processes': placeholder(int), 'process_id': placeholder(int)})
   return c

@@ -20,6 +20,9 @@ and SAM's ascent step amplifies that a little. Measured here after 4 steps: 2.3e
 (momentum), 2.4e-7 (batch stats) max abs difference (R-SAM: about the same after 4 steps, 6e-4 in params
 after 12, hence 4 steps). The test also shows that the tolerance separates: a reference whose two halves
 both come from process 0 (a pipeline that ignored the process index) differs by 0.29 in params.
+
+A second test starts the two processes with different configs and workdirs: both stop with the same one
+`error:` line (rsam/training/distributed.py) before anything is written or compiled.
 """
 import glob
 import json
@@ -52,6 +55,40 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def _start(tmp_path, args_of):
+  """Starts the two processes of one run: ``train.py`` on configs/tiny.py with ``args_of(i)`` added for
+  process i; each writes tmp_path/process<i>.log. Returns [(Popen, log file)]."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', WANDB_MODE='disabled',
+             TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
+  procs = []
+  for i in range(2):
+    log = open(tmp_path / f'process{i}.log', 'w')
+    procs.append((subprocess.Popen(
+        [sys.executable, 'train.py', '--config', f'configs/tiny.py:{UPDATER}', f'--config.total_steps={STEPS}',
+         '--config.checkpoint_every_steps=2', '--config.distributed.enabled=True',
+         f'--config.distributed.coordinator_address=127.0.0.1:{port}', '--config.distributed.num_processes=2',
+         f'--config.distributed.process_id={i}'] + list(args_of(i)),
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+  return procs
+
+
+def _wait(procs, seconds, *, until_all_exit=False):
+  deadline = time.time() + seconds
+  while time.time() < deadline and any(proc.poll() is None for proc, _ in procs):
+    if not until_all_exit and any(proc.poll() not in (None, 0) for proc, _ in procs):
+      break  # one failed: the other would wait for it at the next collective; _stop kills it
+    time.sleep(0.2)
+
+
+def _stop(procs):
+  for proc, log in procs:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    log.close()
 
 
 def _reference(config, mesh):
@@ -90,35 +127,16 @@ def test_two_processes_train_as_one_run_and_match_a_single_process(tmp_path):
   from jax.sharding import Mesh
   from rsam.training import checkpointing
   workdir = tmp_path / 'work'
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', WANDB_MODE='disabled',
-             TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
-  procs = []
-  for i in range(2):
-    log = open(tmp_path / f'process{i}.log', 'w')
-    procs.append((subprocess.Popen(
-        [sys.executable, 'train.py', '--config', f'configs/tiny.py:{UPDATER}', '--workdir', str(workdir),
-         f'--config.total_steps={STEPS}', '--config.checkpoint_every_steps=2',
-         '--config.distributed.enabled=True', f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-         '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}'],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+  procs = _start(tmp_path, lambda i: ['--workdir', str(workdir)])
   try:
     # Meanwhile, the references in this process (4 of the 8 fake devices).
     mesh = Mesh(np.asarray(jax.devices()[:4]), ('data',))
     run, train = _reference(_config(), mesh)
     expected, losses = train((0, 1))
     wrong, _ = train((0, 0))
-    deadline = time.time() + 600
-    while time.time() < deadline and any(proc.poll() is None for proc, _ in procs):
-      if any(proc.poll() not in (None, 0) for proc, _ in procs):
-        break  # one failed: the other would wait for it at the next collective; the finally kills it
-      time.sleep(0.2)
+    _wait(procs, 600)
   finally:
-    for proc, log in procs:
-      if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-      log.close()
+    _stop(procs)
   outputs = [(tmp_path / f'process{i}.log').read_text() for i in range(2)]
   for (proc, _), out in zip(procs, outputs):
     assert proc.returncode == 0, out[-4000:]
@@ -154,3 +172,28 @@ def test_two_processes_train_as_one_run_and_match_a_single_process(tmp_path):
   logged = float(next(line for line in outputs[0].splitlines() if line.startswith(f'step {STEPS}/'))
                  .split('| loss ')[1].split()[0])
   assert logged == pytest.approx(np.mean(losses), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_processes_started_differently_stop_with_one_error_line_on_each(tmp_path):
+  """Process 1 gets another rho and another workdir: both processes stop before anything compiles or is
+  written, each with the same one `error:` line naming process 1 and both differences."""
+  procs = _start(tmp_path, lambda i: ['--workdir', str(tmp_path / f'work{i}')] +
+                 (['--config.updater.rho=0.1'] if i else []))
+  try:
+    _wait(procs, 300, until_all_exit=True)  # both must stop by themselves
+  finally:
+    _stop(procs)
+  outputs = [(tmp_path / f'process{i}.log').read_text() for i in range(2)]
+  errors = []
+  for (proc, _), out in zip(procs, outputs):
+    assert proc.returncode == 2, out[-4000:]
+    assert 'Traceback' not in out, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, out[-4000:]
+    errors.append(lines[0])
+  assert errors[0] == errors[1]
+  assert errors[0].startswith('error: the 2 processes of this run were started differently: process 1 differs '
+                              'from process 0 in updater.rho, --workdir;'), errors[0]
+  assert not any((tmp_path / f'work{i}').exists() for i in range(2))  # stopped before the workdir check,
+  # which comes before anything compiles

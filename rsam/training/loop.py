@@ -12,7 +12,7 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, evaluation, paths, writers
+from rsam.training import checkpointing, config_check, distributed, evaluation, paths, writers
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -44,9 +44,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   """
   start_time = time.time()
   workdir = paths.normalize(workdir)
+  distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
-  if config.get('distributed', {}).get('enabled'):
-    jax.distributed.initialize(**{k: v for k, v in config.distributed.items() if k != 'enabled'})
   mesh = make_mesh()
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
