@@ -115,15 +115,58 @@ def test_sam_matches_reference(rho):
   assert np.abs(flat(expected) - flat(g)).max() > 1e-2
 
 
-def test_asam_matches_reference():
-  x, y, w = make_problem()
-  rho = 0.5
-  g = np_grad(w, x, y)
-  tg = tmap(lambda a, b: np.abs(a) * b, w, g)
+def np_asam_point(params, g, rho, eta, scaled):
+  """SamsungLabs/ASAM asam.py, ascent_step: T = |w| + η for parameters whose name holds 'weight', T = 1
+  otherwise; g ← T g; e = ρ T (T g) / ‖T g‖ (their ε, 1e-16, is immaterial here)."""
+  t = {name: (np.abs(params['dense'][name]) + eta if name in scaled else np.ones_like(params['dense'][name]))
+       for name in params['dense']}
+  tg = {name: t[name] * g['dense'][name] for name in t}
   n = np_norm(tg)
-  w_adv = tmap(lambda a, b: a + rho * np.abs(a) * b / n, w, tg)
-  out = run(rsam.SharpnessAware(rho=rho, adaptive=True), w, x, y)
-  assert_tree_close(out.grads, np_grad(w_adv, x, y))
+  return {'dense': {name: params['dense'][name] + rho * t[name] * tg[name] / n for name in t}}
+
+
+@pytest.mark.parametrize('zero_kernel', [False, True])
+def test_asam_matches_the_authors_code(zero_kernel):
+  x, y, w = make_problem()
+  if zero_kernel:  # a zero-initialised kernel (a ViT head): the authors' η still perturbs it
+    w['dense']['kernel'] = np.zeros_like(w['dense']['kernel'])
+  g = np_grad(w, x, y)
+  cfg = rsam.updater_config('asam')
+  assert (cfg.rho, cfg.eta, cfg.scale_biases) == (0.5, 0.01, False)  # asam.py's class defaults
+  updater = rsam.make_updater(cfg, total_steps=10)
+  expected = np_grad(np_asam_point(w, g, 0.5, 0.01, scaled=('kernel',)), x, y)
+  out = run(updater, w, x, y)
+  assert_tree_close(out.grads, expected)
+  # The kernel moved in the ascent: the descent gradient differs from the plain one there.
+  assert np.abs(flat(expected['dense']['kernel']) - flat(g['dense']['kernel'])).max() > 1e-3
+
+
+def test_asam_davda54_variant_scales_every_leaf_without_eta():
+  x, y, w = make_problem()
+  g = np_grad(w, x, y)
+  expected = np_grad(np_asam_point(w, g, 2.0, 0.0, scaled=('kernel', 'bias')), x, y)
+  out = run(rsam.make_updater(rsam.updater_config('asam', rho=2.0, eta=0.0, scale_biases=True),
+                              total_steps=10), w, x, y)
+  assert_tree_close(out.grads, expected)
+
+
+def test_asam_scales_weights_by_name_as_the_authors_code():
+  """asam.py scales a parameter iff 'weight' is in its PyTorch name: Linear/Conv weight (Flax 'kernel'),
+  LayerNorm/BatchNorm weight ('scale'), Embedding weight ('embedding'); not biases, nor timm's pos_embed
+  and cls_token (Flax 'pos_embedding', 'cls')."""
+  rng = np.random.default_rng(0)
+  params = {'ln': {'scale': rng.normal(size=4), 'bias': rng.normal(size=4)},
+            'embed': {'embedding': rng.normal(size=(3, 4))}, 'pos_embedding': rng.normal(size=(2, 4)),
+            'cls': np.zeros((1, 4)), 'head': {'kernel': np.zeros((4, 2)), 'bias': np.zeros(2)}}
+  t = U.asam_scale(tmap(lambda v: jnp.asarray(v, jnp.float32), params), eta=0.01)
+  by_path = lambda tree: {tuple(p.key for p in path): v  # noqa: E731
+                          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  weights = {('ln', 'scale'), ('embed', 'embedding'), ('head', 'kernel')}
+  scales = by_path(t)
+  for key, value in by_path(params).items():
+    expected = np.abs(value) + 0.01 if key in weights else np.ones_like(value)
+    np.testing.assert_allclose(np.broadcast_to(scales[key], value.shape), expected, rtol=1e-6,
+                               err_msg=str(key))
 
 
 @pytest.mark.parametrize('lam', [2.0, 0.5])
@@ -221,7 +264,8 @@ def test_zero_gradient_gives_no_nan():
   # Fit y exactly: the residual, hence every gradient, is zero.
   y = x @ w['dense']['kernel'] + w['dense']['bias']
   for upd in [rsam.SharpnessAware(rho=0.05), rsam.SharpnessAware(rho=0.05, alpha=0.4),
-              rsam.SharpnessAware(rho=0.05, adaptive=True)]:
+              rsam.SharpnessAware(rho=0.05, adaptive=True),
+              rsam.SharpnessAware(rho=0.05, adaptive=True, eta=0.0, scale_biases=True)]:
     out = run(upd, w, x, y)
     assert np.all(np.isfinite(flat(out.grads)))
     assert np.all(np.isfinite(np.asarray(out.aux['cos_ascent_descent'])))
@@ -330,6 +374,7 @@ def test_rsam_factory_defaults_are_the_official_values():
     ('rsam', 'lam', -2.0, 'lam=-2.0'),
     ('sam', 'm', 0, 'm=0'),
     ('rsam', 'group_mode', 'scan', "group_mode='scan'"),
+    ('asam', 'eta', -0.01, 'eta=-0.01'),
 ])
 def test_bad_updater_config_is_one_line(name, field, value, fragment):
   with pytest.raises(rsam.ConfigError) as e:
