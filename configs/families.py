@@ -48,8 +48,10 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
   dropout 0.1, attention dropout 0, no stochastic depth [paper 4.1.4].
 - Loss: sigmoid cross-entropy, targets ``y(1 - 1e-4) + 1e-4``.
 - AdamW β 0.9/0.999, eps 1e-8, lr 3e-3 with 10,000 linear warm-up steps then linear decay to 3e-5, weight
-  decay 0.3 (decoupled, multiplied by the lr), global-norm clip 1.0 of the updater's gradient.
-  ``decay_kernels_only`` = True (big_vision; the official code's flax.optim.Adam decays every leaf).
+  decay 0.3 on every leaf (biases and LayerNorm parameters too), decoupled and multiplied by the lr:
+  flax.optim.Adam(weight_decay=0.3) subtracts lr · 0.3 · w after the Adam step, as optax.adamw does;
+  global-norm clip 1.0 of the updater's gradient (after the cross-device mean, as train.py).
+  ``--config.optimizer.decay_kernels_only=True`` decays kernels only (big_vision's habit).
 - Compute in bfloat16, parameters and the ascent in float32.
 - Augmentation rows of Table 3 (α and N/M unpublished) **(ours)**: mixup α 0.5 -- the value left commented
   in the official ``input_pipeline.py`` and AugReg's 'medium2' preset for B/16; RandAugment(2, 15) --
@@ -209,7 +211,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c.model.overrides = dict(pool='token', representation_size=HIDDEN_SIZE[model], head_bias_init=-10.0,
                            dropout_rate=0.1, attention_dropout_rate=0.0)
   c.optimizer.update(name='adamw', lr=3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.3,
-                     decay_kernels_only=True, grad_clip_norm=1.0)
+                     decay_kernels_only=False, grad_clip_norm=1.0)
   c.schedule.update(name='linear', warmup_steps=10_000, end_lr=3e-5)
   c.loss, c.label_smoothing = 'sigmoid_xent', 1e-4
   c.mixup_alpha = VIT_MIXUP_ALPHA if aug in ('mixup', 'mixup_ra') else 0.0

@@ -25,7 +25,7 @@ Hyper-parameters and their sources (details in configs/families.py):
   dropout 0.1, no stochastic depth                    [algorithms.md; paper 4.1.4]
   sigmoid xent, smoothing 1e-4, head bias -10,
     token pool + tanh pre-logits                      [R-SAM code train.py; vit_jax]
-  kernels-only weight decay                           [big_vision]
+  weight decay 0.3 on every leaf, × lr (decoupled)    [R-SAM code: flax.optim.Adam(weight_decay=0.3)]
   mixup α 0.5, RandAugment(2, 15)                     (ours: unpublished; AugReg 'medium2'; the
                                                        official code's commented mixup_alpha = 0.5)
   SAM ρ 0.05 (B/16) / 0.1 (S/16), constant            [ViT-SAM, Chen et al. 2022]
