@@ -42,7 +42,11 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 
 - Data: imagenet2012 'train' (all 1,281,167 images; the official code used ``train[:99%]``, a split this
   repo's pipeline does not offer), Inception crop (area 5-100%) + flip at 224 px, values in [-1, 1];
-  evaluation resize 256 + centre crop 224. Batch 4096, 300 epochs (``total_steps`` 93,834, see below).
+  evaluation as the official ``input_pipeline.py``: ``tf.image.resize`` to 256 x 256 (aspect ratio not
+  kept, bilinear, no antialiasing) then ``central_crop(224/256)``, values not rounded
+  (``data.eval_resize_mode='square'``; 'shorter_side' keeps the aspect ratio, big_vision's evaluation).
+  ReaL and v2 are evaluated the same way; ImageNet-R keeps its reference protocol (shorter side 256,
+  centre crop 224) and ImageNet-C its 224 x 224 images (data/sources.py). Batch 4096, 300 epochs (``total_steps`` 93,834, see below).
 - Model: ViT-B/16 or ViT-S/16, token pooling, tanh pre-logits of the hidden size (``representation_size``
   768 / 384: the vit_jax models the code builds on), head kernel zeros and head bias -10 (train.py),
   dropout 0.1, attention dropout 0, no stochastic depth [paper 4.1.4].
@@ -205,6 +209,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c.data.name = 'imagenet2012'
   c.data.image_size = 224
   c.data.augment = 'inception'
+  c.data.eval_resize_mode = 'square'   # the official evaluation: 256 x 256, aspect not kept, crop 224
   c.data.randaugment_layers = VIT_RANDAUGMENT[0] if aug == 'mixup_ra' else 0
   c.data.randaugment_magnitude = float(VIT_RANDAUGMENT[1])
   c.model.name = model

@@ -16,7 +16,16 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
   image_size            32 (cifar), 224 (imagenet2012), 8 (digits). cifar and digits only
                         accept their native size; imagenet2012 crops / resizes to it.
   eval_resize           None -> round(image_size * 256 / 224) (256 for 224). imagenet2012 only:
-                        shorter side of the evaluation resize before the centre crop.
+                        size of the evaluation resize before the centre crop of image_size.
+  eval_resize_mode      'square' (default; the official R-SAM / vit_jax evaluation: resize to
+                        eval_resize x eval_resize, aspect ratio NOT kept, bilinear without
+                        antialiasing, then the central crop, values not rounded) or
+                        'shorter_side' (shorter side to eval_resize, aspect kept, antialiased,
+                        rounded to uint8, then the central crop: big_vision's resize_small +
+                        central_crop). imagenet2012 only. 'validation', 'minival', 'imagenet_real'
+                        and 'imagenet_v2' use it; 'imagenet_r' keeps its reference protocol
+                        (shorter side 256 + centre crop 224: hendrycks/imagenet-r eval.py) and
+                        'imagenet_c' (already 224 x 224 centre crops) is only resized to image_size.
   augment               'basic' (cifar: pad 4 + random crop + flip; digits: random shift by up
                         to 1 pixel), 'inception' (imagenet2012: inception crop + flip), or
                         'none' (cifar/digits: as evaluation; imagenet2012: resize + centre crop).
@@ -74,11 +83,13 @@ IMAGENET_EVAL_SETS = {
     'imagenet_r': ('imagenet_r', 'test'),
     'imagenet_c': ('imagenet2012_corrupted/{corruption}_{severity}', 'validation'),
 }
+# ImageNet evaluation resizes (data.eval_resize_mode; the module docstring).
+EVAL_RESIZE_MODES = ('square', 'shorter_side')
 # Datasets whose preparation needs the ILSVRC2012 tars in <data_dir>/downloads/manual/.
 _MANUAL = ('imagenet2012', 'imagenet2012_real', 'imagenet2012_corrupted')
 
 _KNOWN_FIELDS = (
-    'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'augment',
+    'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'eval_resize_mode', 'augment',
     'randaugment_layers', 'randaugment_magnitude', 'shuffle_buffer', 'cache', 'train_split',
     'imagenet_r_protocol', 'imagenet_c_corruptions', 'imagenet_c_severities', 'split_seed',
     'train_subset', 'label_noise')
@@ -92,6 +103,7 @@ class DataSpec:
   num_train_examples: Optional[int]
   image_size: int
   eval_resize: int
+  eval_resize_mode: str
   augment: str
   randaugment_layers: int
   randaugment_magnitude: float
@@ -140,6 +152,11 @@ def resolve(data_config) -> DataSpec:
   if eval_resize < image_size:
     raise DataError(f"data.eval_resize={eval_resize} is smaller than data.image_size="
                     f"{image_size}; use at least {image_size}")
+
+  eval_resize_mode = _get(data_config, 'eval_resize_mode', 'square')
+  if eval_resize_mode not in EVAL_RESIZE_MODES:
+    raise DataError(f"data.eval_resize_mode={eval_resize_mode!r}; use one of "
+                    f"{', '.join(EVAL_RESIZE_MODES)}")
 
   default_aug = 'inception' if name == 'imagenet2012' else 'basic'
   augment = _get(data_config, 'augment', default_aug)
@@ -194,6 +211,7 @@ def resolve(data_config) -> DataSpec:
       num_train_examples=None if num_train is None else int(num_train),
       image_size=image_size,
       eval_resize=eval_resize,
+      eval_resize_mode=eval_resize_mode,
       augment=augment,
       randaugment_layers=ra_layers,
       randaugment_magnitude=ra_magnitude,
