@@ -40,13 +40,14 @@ decay to 0 without warm-up [SAM]:
 
 ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 
-- Data: imagenet2012 'train' (all 1,281,167 images; the official code used ``train[:99%]``, a split this
-  repo's pipeline does not offer), Inception crop (area 5-100%) + flip at 224 px, values in [-1, 1];
+- Data: imagenet2012 ``train[:99%]`` (1,268,355 images, as tfds slices it), as the official
+  ``input_pipeline.py`` (and big_vision's ViT configs); the held-out ``train[99%:]`` (12,812 images) is the
+  eval set 'minival', left out of the final evaluation list (``eval_sets``). Inception crop (area 5-100%) + flip at 224 px, values in [-1, 1];
   evaluation as the official ``input_pipeline.py``: ``tf.image.resize`` to 256 x 256 (aspect ratio not
   kept, bilinear, no antialiasing) then ``central_crop(224/256)``, values not rounded
   (``data.eval_resize_mode='square'``; 'shorter_side' keeps the aspect ratio, big_vision's evaluation).
   ReaL and v2 are evaluated the same way; ImageNet-R keeps its reference protocol (shorter side 256,
-  centre crop 224) and ImageNet-C its 224 x 224 images (data/sources.py). Batch 4096, 300 epochs (``total_steps`` 93,834, see below).
+  centre crop 224) and ImageNet-C its 224 x 224 images (data/sources.py). Batch 4096, 300 epochs (see Steps).
 - Model: ViT-B/16 or ViT-S/16, token pooling, tanh pre-logits of the hidden size (``representation_size``
   768 / 384: the vit_jax models the code builds on), head kernel zeros and head bias -10 (train.py),
   dropout 0.1, attention dropout 0, no stochastic depth [paper 4.1.4].
@@ -68,10 +69,13 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 - m-sharpness: ``m = 16``. The official run perturbed per TPU core on 16 images (TPU v3-256: 32 hosts ×
   128 images / 8 cores; README of the R-SAM code), as google-research/sam and big_vision's GSAM do;
   ``m`` keeps those groups of 16 whatever the device count (it must divide the per-device batch).
-- Steps: ``total_steps = 93_834``, the official run's ``--total_steps`` (run.sh; also T of its γ schedule).
-  The repo's rule (config_check.total_steps) is ⌊epochs · N_train / batch⌋ = ⌊300 · 1,281,167 / 4096⌋ =
-  93,835; no rounding of the split size gives the official figure (99% split: 92,897; 312 or 313 steps per
-  epoch: 93,600 / 93,900), so the ViT configs set it explicitly, one step (0.001%) short of 300 epochs.
+- Steps: 300 epochs of what is trained: ``total_steps`` is left to the repo's rule (config_check.total_steps),
+  ⌊epochs · N_train / batch⌋ = ⌊300 · 1,268,355 / 4096⌋ = 92,897, and γ's T (the official code ties T to
+  its step count) follows. The official run.sh passes ``--total_steps 93834`` with the same 99% split:
+  937 steps (1.0%) more, 303.0 epochs of its data (93,834 is one step short of 300 epochs of the FULL
+  train split, ⌊300 · 1,281,167 / 4096⌋ = 93,835). ``--config.total_steps=93834`` runs the official count.
+- Step index: the official loop counts t = 1, 2, ...: ρ's warm-up branch and γ at t = step + 1, the lr at
+  step (rsam/schedules.py).
 
 ``runlocal=1`` shrinks any of these configs to a few-step CPU run (tiny model, batch 16, 2 steps,
 32-px ImageNet, one ImageNet-C subset, ``num_train_examples`` set for mocked tfds data): see ``runlocal``.
@@ -188,7 +192,7 @@ VIT_UPDATERS = ('adamw', 'sam', 'rsam', 'gsam', 'rgsam')
 VIT_AUGS = ('none', 'mixup', 'mixup_ra')
 HIDDEN_SIZE = {'vit_b16': 768, 'vit_s16': 384, 'vit_ti4': 192, 'vit_tiny': 32}
 IMAGENET_EVAL_SETS = ('validation', 'imagenet_real', 'imagenet_v2', 'imagenet_r', 'imagenet_c')
-VIT_TOTAL_STEPS = 93_834        # run.sh --total_steps of the R-SAM code (see module docstring)
+OFFICIAL_TOTAL_STEPS = 93_834   # run.sh --total_steps of the R-SAM code; ours: 300 epochs (docstring)
 VIT_MIXUP_ALPHA = 0.5           # ours: the official code's commented value; AugReg 'medium2'
 VIT_RANDAUGMENT = (2, 15)       # ours: AugReg 'medium2' (N layers, magnitude M)
 SAM_RHO_VIT = {'vit_b16': 0.05, 'vit_s16': 0.1}              # [ViT-SAM]
@@ -208,6 +212,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c = get_base_config('plain' if updater == 'adamw' else updater)
   c.data.name = 'imagenet2012'
   c.data.image_size = 224
+  c.data.train_split = 'train[:99%]'  # the official split; train[99%:] is the eval set 'minival'
   c.data.augment = 'inception'
   c.data.eval_resize_mode = 'square'   # the official evaluation: 256 x 256, aspect not kept, crop 224
   c.data.randaugment_layers = VIT_RANDAUGMENT[0] if aug == 'mixup_ra' else 0
@@ -220,7 +225,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c.schedule.update(name='linear', warmup_steps=10_000, end_lr=3e-5)
   c.loss, c.label_smoothing = 'sigmoid_xent', 1e-4
   c.mixup_alpha = VIT_MIXUP_ALPHA if aug in ('mixup', 'mixup_ra') else 0.0
-  c.batch_size, c.num_epochs, c.total_steps = 4096, 300.0, VIT_TOTAL_STEPS
+  c.batch_size, c.num_epochs, c.total_steps = 4096, 300.0, None  # 300 epochs of train[:99%]: 92,897
   c.compute_dtype = 'bfloat16'
   c.eval_sets, c.eval_batch_size = IMAGENET_EVAL_SETS, 1024
   c.log_every_steps, c.checkpoint_every_steps = 100, 1000

@@ -19,7 +19,11 @@ the Table 3 rows without augmentation are also the Table 4 runs and the Fig. 3(a
 
 Hyper-parameters and their sources (details in configs/families.py):
   batch 4096, 300 epochs, Inception crop, 224 px      [paper Table 3/4 captions]
-  total_steps 93,834                                  [R-SAM code run.sh; ⌊300·1,281,167/4096⌋ = 93,835]
+  train on train[:99%] (minival = train[99%:])        [R-SAM code input_pipeline.py]
+  300 epochs of it: ⌊300·1,268,355/4096⌋ = 92,897 steps
+                                                      (run.sh: 93,834 on the same split, 303 epochs)
+  eval: resize 256x256 (aspect not kept), crop 224    [R-SAM code input_pipeline.py]
+  step index t = step + 1 for ρ's branch and γ        [R-SAM code train.py]
   AdamW β 0.9/0.999, wd 0.3, lr 3e-3, 10k warm-up,
     linear decay to 3e-5, clip 1.0                    [R-SAM code; GSAM Table 4]
   dropout 0.1, no stochastic depth                    [algorithms.md; paper 4.1.4]

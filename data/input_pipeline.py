@@ -455,7 +455,7 @@ def _eval_set(spec, name, process_index, process_count, local_batch) -> EvalSet:
         finalize=evalsets.finalize_accuracy,
         info={'dataset': tfds_name, 'split': split,
               'protocol': 'ReaL: argmax in the ReaL label set; unlabelled images excluded'})
-  if name == 'imagenet_v2':
+  if name in ('imagenet_v2', 'minival'):
     part = _tfds_part(spec, tfds_name, split, *args, _labelled(spec), False)
     return EvalSet(name=name, num_examples=part.num_examples, num_batches=part.num_batches,
                    local_batch_size=local_batch, parts=[part],
@@ -500,7 +500,8 @@ def make_eval_sets(data_config, eval_names: Sequence[str], *, global_batch_size:
   """name -> EvalSet for each of `eval_names`.
 
   Names: a split of the training dataset ('test' for cifar, 'validation' for imagenet2012,
-  'val' / 'test' / 'train' for digits), or for imagenet2012 also 'imagenet_real',
+  'val' / 'test' / 'train' for digits), or for imagenet2012 also 'minival' (train[99%:], the
+  part the default train split 'train[:99%]' leaves out), 'imagenet_real',
   'imagenet_v2' (matched-frequency), 'imagenet_r', 'imagenet_c'. The digits 'train' set is
   the training data as trained on (train_subset and label_noise applied). The ImageNet-R
   protocol is data.imagenet_r_protocol (recorded in `EvalSet.info`); 'imagenet_c' covers

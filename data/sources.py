@@ -9,10 +9,12 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
   data_dir              None. tfds data directory (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
                         Unused by 'digits' (it ships inside scikit-learn).
   num_train_examples    None. Size of the (global) train split used for step counts. None: the
-                        prepared dataset's metadata, else the published size (cifar 50,000,
-                        imagenet2012 1,281,167, digits: the train split / train_subset). Mocked
-                        tfds data has no metadata: tests set it. A value smaller than the split
-                        also caps each epoch to that many examples.
+                        prepared dataset's metadata for train_split, else train_split's share of the
+                        published size, sliced as tfds slices it (cifar 50,000; imagenet2012
+                        'train[:99%]' 1,268,355 of 1,281,167; digits: the train split /
+                        train_subset). Mocked tfds data has no metadata and ignores slicing: tests
+                        set it. A value smaller than the split also caps each epoch to that many
+                        examples.
   image_size            32 (cifar), 224 (imagenet2012), 8 (digits). cifar and digits only
                         accept their native size; imagenet2012 crops / resizes to it.
   eval_resize           None -> round(image_size * 256 / 224) (256 for 224). imagenet2012 only:
@@ -36,7 +38,9 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
                         imagenet2012.
   cache                 None -> True for cifar (encoded images kept in memory), False for
                         imagenet2012. (digits always live in memory.)
-  train_split           'train'.
+  train_split           'train'; imagenet2012 'train[:99%]' (the official R-SAM / vit_jax / big_vision
+                        split: the last 1% is 'minival'). Any tfds split string of the dataset's
+                        splits ('train[:50%]', 'train[10:]+train[:5]'; not for digits).
   imagenet_r_protocol   'mask200' (only the 200 ImageNet-R classes compete; the reference) or
                         'full1000' (plain 1000-way argmax).
   imagenet_c_corruptions  the 15 benchmark corruptions (evalsets.IMAGENET_C_CORRUPTIONS).
@@ -69,15 +73,20 @@ class DataError(ValueError):
 DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'digits')
 
 _NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'digits': 10}
-_PUBLISHED_TRAIN_SIZE = {'cifar10': 50_000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}
+_PUBLISHED_SIZES = {'cifar10': {'train': 50_000, 'test': 10_000},
+                    'cifar100': {'train': 50_000, 'test': 10_000},
+                    'imagenet2012': {'train': 1_281_167, 'validation': 50_000}}
+_DEFAULT_TRAIN_SPLIT = {'imagenet2012': 'train[:99%]'}
 _SPLITS = {
     'cifar10': ('train', 'test'),
     'cifar100': ('train', 'test'),
     'imagenet2012': ('train', 'validation'),
     'digits': ('train', 'val', 'test'),
 }
-# Extra evaluation sets (tfds name, split) that ImageNet models are evaluated on.
+# Extra evaluation sets (tfds name, split) that ImageNet models are evaluated on. 'minival' is the 1% of
+# the train split that the default train_split 'train[:99%]' holds out (for evaluation during training).
 IMAGENET_EVAL_SETS = {
+    'minival': ('imagenet2012', 'train[99%:]'),
     'imagenet_real': ('imagenet2012_real', 'validation'),
     'imagenet_v2': ('imagenet_v2/matched-frequency', 'test'),
     'imagenet_r': ('imagenet_r', 'test'),
@@ -217,7 +226,7 @@ def resolve(data_config) -> DataSpec:
       randaugment_magnitude=ra_magnitude,
       shuffle_buffer=None if shuffle_buffer is None else int(shuffle_buffer),
       cache=cache,
-      train_split=_get(data_config, 'train_split', 'train'),
+      train_split=_get(data_config, 'train_split', _DEFAULT_TRAIN_SPLIT.get(name, 'train')),
       imagenet_r_protocol=protocol,
       imagenet_c_corruptions=corruptions,
       imagenet_c_severities=severities,
@@ -247,7 +256,23 @@ def num_train_examples(data_config) -> int:
       return int(n)
   except Exception:  # pylint: disable=broad-except
     pass  # not prepared / no metadata: fall back to the published size
-  return _PUBLISHED_TRAIN_SIZE[spec.name]
+  return split_size(spec.train_split, _PUBLISHED_SIZES[spec.name])
+
+
+def _absolute_ranges(split: str, sizes: dict) -> list:
+  """[(split name, start, stop)] of a tfds split string over splits of `sizes` examples, as tfds resolves
+  it (percent slices round to the closest example)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  infos = {k: tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()}
+  out = []
+  for ins in tfds.core.ReadInstruction.from_spec(split).to_absolute(infos):
+    out.append((ins.splitname, ins.from_ or 0, sizes[ins.splitname] if ins.to is None else ins.to))
+  return out
+
+
+def split_size(split: str, sizes: dict) -> int:
+  """Number of examples of a tfds split string ('train[:99%]') over splits of `sizes` examples."""
+  return sum(stop - start for _, start, stop in _absolute_ranges(split, sizes))
 
 
 def image_shape(data_config) -> tuple:
@@ -276,13 +301,31 @@ def validate(data_config, eval_set_names: Sequence[str] = ()) -> DataSpec:
     if name not in valid:
       raise DataError(f"eval set {name!r} is not available for {spec.name}; valid: "
                       f"{', '.join(valid)}")
+  if 'minival' in eval_set_names:
+    held_out = IMAGENET_EVAL_SETS['minival'][1]
+    sizes = _PUBLISHED_SIZES[spec.name]
+    for base, start, stop in _absolute_ranges(spec.train_split, sizes):
+      for base2, start2, stop2 in _absolute_ranges(held_out, sizes):
+        if base == base2 and max(start, start2) < min(stop, stop2):
+          raise DataError(f"eval set 'minival' ({held_out}) overlaps data.train_split="
+                          f"{spec.train_split!r}; train on 'train[:99%]' or drop 'minival'")
   return spec
 
 
 def check_split(spec: DataSpec, split: str) -> None:
-  if split not in _SPLITS[spec.name]:
-    raise DataError(f"split {split!r} does not exist for {spec.name}; valid: "
-                    f"{', '.join(_SPLITS[spec.name])}")
+  """A split of the dataset, or for tfds datasets a tfds split string over its splits."""
+  valid = _SPLITS[spec.name]
+  if split in valid:
+    return
+  bases = [part.split('[')[0].strip() for part in split.split('+')]
+  if spec.name == 'digits' or any(b not in valid for b in bases):
+    raise DataError(f"split {split!r} does not exist for {spec.name}; valid: {', '.join(valid)}"
+                    + ('' if spec.name == 'digits' else " or a tfds slice of them, e.g. 'train[:99%]'"))
+  try:
+    split_size(split, {b: 100 for b in bases})
+  except ValueError:
+    raise DataError(f"split {split!r} is not a tfds split string; write it as e.g. 'train[:99%]' or "
+                    f"'train[1000:]'") from None
 
 
 # ---------------------------------------------------------------------------------------------

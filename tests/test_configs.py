@@ -113,9 +113,10 @@ def test_every_cell_validates_builds_and_counts_its_steps(cell):
   config_check.check_batch(config, num_devices=8, process_count=1)
   run = train_step.build(config, MESH)
   if config.data.name == 'imagenet2012':
-    # ⌊300 · 1,281,167 / 4096⌋ = 93,835; the official run's --total_steps is one fewer.
-    assert run.total_steps == families.VIT_TOTAL_STEPS == 93_834
-    assert math.floor(300 * IMAGENET_TRAIN / 4096) - run.total_steps == 1
+    # 300 epochs of train[:99%]: tfds's percent slices end at the closest example, round(0.99 · N).
+    assert config.data.train_split == 'train[:99%]'
+    assert run.total_steps == math.floor(300 * round(0.99 * IMAGENET_TRAIN) / 4096) == 92_897
+    assert families.OFFICIAL_TOTAL_STEPS - run.total_steps == 937  # run.sh's 93,834: 303 epochs of it
     assert (config.num_epochs, config.batch_size) == (300, 4096)
   else:
     assert run.total_steps == expected_steps(config) == 200 * 50_000 // 128 == 78_125

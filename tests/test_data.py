@@ -184,6 +184,52 @@ def test_imagenet_eval_is_the_official_resize_and_central_crop(prepared_imagenet
     assert gap > 0.05 if h != w else gap < 0.02, (h, w, gap)  # a square image: nearly the same pixels
 
 
+def _labels(name, split, data_dir):
+  ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+      split=split, decoders={'image': tfds.decode.SkipDecoding()}, shuffle_files=False)
+  return [int(x['label']) for x in ds]
+
+
+def test_imagenet_trains_on_train_99_percent_and_minival_is_the_rest(prepared_imagenet):
+  """The ViT configs train on the official train[:99%]; 'minival' is train[99%:], evaluated like the
+  validation set; step counts use the 99% (tfds ends a percent slice at the closest example)."""
+  cfg = _vit_data(data_dir=prepared_imagenet, image_size=32, shuffle_buffer=64)
+  assert cfg.train_split == 'train[:99%]'
+  n_train = round(0.99 * IMAGENET_TRAIN_FAKE)
+  assert data.num_train_examples(cfg) == n_train == 297          # from the prepared metadata
+  held_out = _labels('imagenet2012', 'train[99%:]', prepared_imagenet)
+  assert len(held_out) == IMAGENET_TRAIN_FAKE - n_train == 3
+  batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), n_train // 8)
+  seen = np.concatenate([b['label'] for b in batches])
+  assert len(set(seen)) == len(seen) == n_train // 8 * 8          # one epoch, no repeats
+  assert not set(seen) & set(held_out)
+  assert set(seen) <= set(_labels('imagenet2012', 'train[:99%]', prepared_imagenet))
+  minival = data.make_eval_sets(cfg, ['minival'], global_batch_size=8)['minival']
+  assert minival.num_examples == 3 and minival.info['split'] == 'train[99%:]'
+  batch = next(minival.iterate())
+  assert sorted(batch['label'][batch['mask'] > 0]) == sorted(held_out)
+  cfg224 = _vit_data(data_dir=prepared_imagenet)
+  image = next(data.make_eval_sets(cfg224, ['minival'], global_batch_size=8)['minival'].iterate())['image']
+  raw = _raw_images('imagenet2012', 'train[99%:]', prepared_imagenet)
+  np.testing.assert_allclose(image[0], _official_eval(raw[0]), atol=1e-5)  # evaluation preprocessing
+
+
+def test_split_strings_are_checked_and_minival_must_be_held_out():
+  # Without metadata the size is the published 1,281,167 sliced as tfds slices: 1,268,355.
+  assert data.num_train_examples(_vit_data()) == round(0.99 * 1_281_167) == 1_268_355
+  assert data.num_train_examples(_cfg(name='imagenet2012', train_split='train[:10%]')) == 128_117
+  assert 'minival' in data.eval_names(_cfg(name='imagenet2012'))
+  with pytest.raises(data.DataError) as excinfo:
+    data.validate(_cfg(name='imagenet2012', train_split='train'), ['validation', 'minival'])
+  assert 'minival' in _one_line(excinfo) and "train[:99%]" in _one_line(excinfo)
+  for bad in ('train[:99%', 'tran[:99%]'):
+    with pytest.raises(data.DataError) as excinfo:
+      data.validate(_cfg(name='imagenet2012', train_split=bad))
+    assert bad in _one_line(excinfo)
+  with pytest.raises(data.DataError):
+    data.validate(_cfg(name='digits', train_split='train[:50%]'))
+
+
 def test_real_and_v2_follow_imagenet_and_r_keeps_its_protocol():
   with tfds.testing.mock_data(num_examples=3):
     sets = data.make_eval_sets(_vit_data(), ['imagenet_real', 'imagenet_v2', 'imagenet_r'],
