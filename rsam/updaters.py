@@ -156,9 +156,10 @@ def ascent_perturbation(params, direction, rho, *, adaptive: bool = False, eta: 
                         scale_biases: bool = False, eps: float = T.EPS):
   """e = ρ · d / (‖d‖ + ε)   (SAM eq. 2; R-SAM eq. 7 with d = δ0 + λĝ).
 
-  Adaptive (ASAM, Kwon et al. 2021, Algorithm 1 with p = 2, as SamsungLabs/ASAM asam.py): e = ρ · T² d / (‖T d‖ + ε) with
-  T = |w| + η on weights and T = 1 on biases (``asam_scale``). davda54/sam's ``adaptive=True`` is
-  ``eta=0, scale_biases=True``: T = |w| on every leaf, so a zero-initialised kernel is never perturbed.
+  Adaptive (ASAM, Kwon et al. 2021, Algorithm 1 with p = 2, as SamsungLabs/ASAM asam.py):
+  e = ρ · T² d / (‖T d‖ + ε) with T = |w| + η on weights and T = 1 on biases (``asam_scale``).
+  davda54/sam's ``adaptive=True`` is ``eta=0, scale_biases=True``: T = |w| on every leaf, so a
+  zero-initialised kernel is never perturbed.
   """
   if adaptive:
     t = asam_scale(params, eta=eta, scale_biases=scale_biases)

@@ -73,7 +73,7 @@ def test_headline_files_are_imagenet_vit_with_two_defaults_fixed():
 
 def test_arguments_are_checked():
   cifar = importlib.import_module('configs.cifar')
-  with pytest.raises(ConfigError, match='key among: dataset, model, updater, m, runlocal'):
+  with pytest.raises(ConfigError, match='key among: dataset, model, updater, m, rho, runlocal'):
     cifar.get_config('optimiser=sgd')
   with pytest.raises(ConfigError, match="updater='lion'; choose one of"):
     cifar.get_config('updater=lion')
@@ -152,7 +152,7 @@ def test_table_grids_match_the_paper_files():
     if table in ('1', '2'):
       assert {c.data.name for c in configs} == {paper['dataset']}
       assert {(c.batch_size, c.num_epochs) for c in configs} == {(paper['batch_size'], paper['epochs'])}
-  assert len(tables.all_runs()) == 21 + 21 + 12 + 2 + 4 + 4
+  assert len(tables.all_runs()) == 21 + 21 + 12 + 2 + 4 + 4 + 10
   assert len({(r.home, r.name) for r in tables.all_runs()}) == len(tables.all_runs())
 
 
@@ -174,6 +174,9 @@ def test_cifar_values():
   assert cifar('dataset=cifar100,model=resnet18,updater=rsam').updater.rho == 0.1
   r = cifar('dataset=cifar10,model=resnet50,updater=rsam').updater
   assert (r.rho_schedule, r.lam, r.gamma, r.gamma_growth) == ('constant', 2.0, 5e-4, 5.0)
+  for dataset, rho in (('cifar10', 0.5), ('cifar100', 1.0)):  # SamsungLabs/ASAM README's commands
+    a = cifar(f'dataset={dataset},updater=asam').updater
+    assert (a.rho, a.eta, a.scale_biases, a.adaptive) == (rho, 0.01, False, True)
   lpf = cifar('dataset=cifar10,model=resnet18,updater=lpf_sgd').updater
   assert (lpf.num_samples, lpf.gamma, lpf.gamma_growth) == (1, 0.002, 1.0)
   for dataset, growth in (('cifar10', 35.0), ('cifar100', 25.0)):
@@ -206,6 +209,11 @@ def test_vit_values():
   assert get('vit_b16_adamw', 'aug=mixup').mixup_alpha == 0.5
   assert get('vit_b16_adamw').updater.name == 'plain'
   assert (get('vit_b16_sam').updater.rho, get('vit_s16_sam').updater.rho) == (0.05, 0.1)
+  # ViT-SAM's pair: its ρ with its per-device batch, 4096 images over 64 TPU v3 chips of 2 cores each.
+  assert get('vit_b16_sam').updater.m == get('vit_s16_sam').updater.m == 4096 // (64 * 2) == 32
+  assert get('vit_b16_sam', 'm=16').updater.m == 16 and get('vit_b16_sam', 'm=none').updater.m is None
+  assert get('vit_b16_rsam').data.train_split == 'train[:99%]' and get('vit_b16_rsam').total_steps is None
+  assert get('vit_b16_rsam').data.eval_resize_mode == 'square' and 'minival' not in c.eval_sets
   assert get('vit_s16_rsam').model.overrides.representation_size == 384
   g, rg = get('vit_b16_gsam').updater, get('vit_b16_rgsam').updater
   assert (g.rho_max, g.rho_min, g.alpha, g.rho_warmup_steps, g.m) == (0.6, 0.2, 0.4, 0, 16)
@@ -254,6 +262,21 @@ def test_vit_base_optimizer_is_the_official_flax_adam(name):
   expected = official_adam_steps(params, grads, lrs)
   for k in params:
     np.testing.assert_allclose(np.asarray(p[k]), expected[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_cifar_rho_sweep_runs_rsam_at_multiples_of_sams_rho():
+  for dataset, sam_rho in (('cifar10', 0.05), ('cifar100', 0.1)):
+    rhos = []
+    for k in tables.CIFAR_RHO_MULTIPLES:
+      c = tables.cifar_rho_run(dataset, k).load()
+      assert (c.data.name, c.model.name, c.updater.name, c.updater.rho_schedule) == (
+          dataset, 'resnet18', 'rsam', 'constant')
+      rhos.append(c.updater.rho)
+      assert c.updater.rho == c.updater.rho_max == c.updater.rho_min
+    assert rhos == pytest.approx([k * sam_rho for k in tables.CIFAR_RHO_MULTIPLES])
+    assert tables.CIFAR_RHO_MULTIPLES[0] == 1 and tables.cifar_rho_run(dataset, 1).home in ('1', '2')
+  with pytest.raises(ConfigError, match="rho= does not apply to updater 'lpf_sgd'"):
+    importlib.import_module('configs.cifar').get_config('updater=lpf_sgd,rho=0.1')
 
 
 def test_runlocal_shrinks_imagenet():
