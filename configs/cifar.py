@@ -10,6 +10,8 @@ Arguments (``key=value``, comma-separated):
             lpf_sgd | sam | rsam                    (on SGD+M; the other table columns)
             gsam | rgsam | asam                     (accepted; in no CIFAR table of the paper)
   m         examples per ascent group (default none: the whole batch; see below)
+  rho       the constant ρ of sam | rsam | gsam | rgsam | asam (default: the table below; the CIFAR
+            R-SAM ρ sweep of configs/tables.py sets it)
   runlocal  1: a 2-step CPU-sized run of the same config (configs/families.py: runlocal)
 
 Hyper-parameters and their sources (details in configs/families.py):
@@ -21,8 +23,10 @@ Hyper-parameters and their sources (details in configs/families.py):
   AdamW: lr 1e-3, β 0.9/0.999, wd 0.05 decoupled   (ours: not published; lr·wd equals SGD+M's)
   LPF-SGD: ResNets M 1, γ 0.002; WRN M 8, γ0 5e-4 ×35 (C-10) / ×25 (C-100)   [LPF-SGD README]
   SAM: ρ 0.05 (C-10) / 0.1 (C-100)                 [SAM; algorithms.md]
-  R-SAM: ρ = SAM's, λ 2, γ0 5e-4 ×5 (cosine increase)   (ours: CIFAR values unpublished; official
-                                                         ViT λ/γ, SAM's ρ; paper Fig. 3: stable in ρ, λ)
+  R-SAM: ρ = SAM's, λ 2, γ0 5e-4 ×5 (cosine increase)   (ours: no source gives R-SAM's CIFAR ρ, λ, γ;
+                                                         official ViT λ/γ; ρ = SAM's is a choice, swept
+                                                         ×1-50 in configs/tables.py 'cifar_rho')
+  ASAM: ρ 0.5 (C-10) / 1.0 (C-100), η 0.01         [SamsungLabs/ASAM README commands, asam.py]
   m = None: one ascent on the whole batch of 128   (ours: the paper does not give its CIFAR device
         count; single-GPU SAM/LPF-SGD codes do this, and it is device-count independent)
 Step count: ⌊200 · 50,000 / 128⌋ = 78,125 steps (exact), cosine over all of them.
@@ -32,6 +36,6 @@ from configs import families
 
 def get_config(arg=None):
   a = families.parse_arg(arg, dataset='cifar10', model='resnet18', updater='rsam', m=(int, None),
-                         runlocal=False)
-  c = families.cifar(a.dataset, a.model, a.updater, m=a.m)
+                         rho=(float, None), runlocal=False)
+  c = families.cifar(a.dataset, a.model, a.updater, m=a.m, rho=a.rho)
   return families.runlocal(c) if a.runlocal else c

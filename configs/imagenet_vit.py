@@ -11,7 +11,8 @@ Arguments (``key=value``, comma-separated):
   updater   adamw | sam | rsam | gsam | rgsam
   aug       none (Table 3 rows 1-2, Table 4, Fig. 3) | mixup | mixup_ra (mixup + RandAugment)
   rho_max, rho_min, lam   override the lr-tied ρ range and λ (Fig. 3(b) and 3(c) sweeps)
-  m         examples per ascent group (default 16: the official per-TPU-core batch; none = whole batch)
+  m         examples per ascent group (default 16: the official per-TPU-core batch; SAM 32, the pair
+            ViT-SAM's ρ goes with; none = whole batch)
   runlocal  1: a 2-step CPU-sized run of the same config (vit_tiny, 32 px, batch 16)
 
 Every run evaluates on ImageNet val, ReaL, v2, R (200-class mask) and C (mean top-1 over 15 × 5), so
@@ -19,21 +20,26 @@ the Table 3 rows without augmentation are also the Table 4 runs and the Fig. 3(a
 
 Hyper-parameters and their sources (details in configs/families.py):
   batch 4096, 300 epochs, Inception crop, 224 px      [paper Table 3/4 captions]
-  total_steps 93,834                                  [R-SAM code run.sh; ⌊300·1,281,167/4096⌋ = 93,835]
+  train on train[:99%] (minival = train[99%:])        [R-SAM code input_pipeline.py]
+  300 epochs of it: ⌊300·1,268,355/4096⌋ = 92,897 steps
+                                                      (run.sh: 93,834 on the same split, 303 epochs)
+  eval: resize 256x256 (aspect not kept), crop 224    [R-SAM code input_pipeline.py]
+  step index t = step + 1 for ρ's branch and γ        [R-SAM code train.py]
   AdamW β 0.9/0.999, wd 0.3, lr 3e-3, 10k warm-up,
     linear decay to 3e-5, clip 1.0                    [R-SAM code; GSAM Table 4]
   dropout 0.1, no stochastic depth                    [algorithms.md; paper 4.1.4]
   sigmoid xent, smoothing 1e-4, head bias -10,
     token pool + tanh pre-logits                      [R-SAM code train.py; vit_jax]
-  kernels-only weight decay                           [big_vision]
+  weight decay 0.3 on every leaf, × lr (decoupled)    [R-SAM code: flax.optim.Adam(weight_decay=0.3)]
   mixup α 0.5, RandAugment(2, 15)                     (ours: unpublished; AugReg 'medium2'; the
                                                        official code's commented mixup_alpha = 0.5)
-  SAM ρ 0.05 (B/16) / 0.1 (S/16), constant            [ViT-SAM, Chen et al. 2022]
+  SAM ρ 0.05 (B/16) / 0.1 (S/16), constant, m 32     [ViT-SAM, Chen et al. 2022: ρ unverified here;
+                                                       m from its 64 TPU v3 chips, configs/families.py]
   R-SAM ρ 2.5 → 1.5 lr-tied, 10k warm-up branch,
     λ 2, γ0 5e-4 ×5                                   [R-SAM code]
   GSAM B/16 ρ 0.6 → 0.2, α 0.4; S/16 ρ 0.6 → 0, α 1   [GSAM Table 4]
   R-GSAM: GSAM's ρ, α + R-SAM's λ, γ                  (ours: paper Sec. 4.5, no code)
-  m 16                                                [R-SAM code: pmap over 256 cores, 16 images each]
+  m 16 (SAM: 32)                                      [R-SAM code: pmap over 256 cores, 16 images each]
   bfloat16 compute                                    [as the TPU runs]
 """
 from configs import families
@@ -43,7 +49,7 @@ def get_config(arg=None, **fixed):
   """``fixed`` (model=, updater=) are the defaults a headline file pins; ``arg`` may still set others."""
   a = families.parse_arg(
       arg, model=fixed.get('model', 'vit_b16'), updater=fixed.get('updater', 'rsam'), aug='none',
-      rho_max=(float, None), rho_min=(float, None), lam=(float, None), m=(int, families.VIT_M),
+      rho_max=(float, None), rho_min=(float, None), lam=(float, None), m=(int, families.DEFAULT_M),
       runlocal=False)
   for key, value in fixed.items():
     if a[key] != value:

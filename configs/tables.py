@@ -9,6 +9,11 @@ the Fig. 3(b, c) sweeps are the Table 3 runs without augmentation (the paper's o
 Fig. 3(b, c) have no numbers in the paper text; their grids are ours: ρ_max ∈ {1.0, 1.5, 2.0, 2.5, 3.0}
 with ρ_min = 0.6 ρ_max (the official 1.5/2.5 ratio), and λ ∈ {0.5, 1, 2, 4, 8}; both include the
 official point (ρ_max 2.5, λ 2).
+
+'cifar_rho' is not in the paper: R-SAM's ρ on CIFAR, which no source publishes. The CIFAR configs set it to
+SAM's (0.05 / 0.1), a choice; in the official ViT recipe R-SAM's ρ (2.5 → 1.5) is 15-50× SAM's (0.05-0.1),
+because ρ normalises δ0 + λĝ and δ0 can dominate. The sweep, in the style of Fig. 3(b), runs ResNet-18
+R-SAM at ρ = k × SAM's ρ for k in CIFAR_RHO_MULTIPLES on both datasets; k = 1 is the Table 1/2 run.
 """
 import dataclasses
 import importlib
@@ -16,12 +21,19 @@ from typing import Dict, List, Tuple
 
 from configs import families
 
-TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c')
+TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c', 'cifar_rho')
 TABLE_DATASET = {'1': 'cifar10', '2': 'cifar100'}
 FIG3B_RHO_MAX = (1.0, 1.5, 2.0, 2.5, 3.0)
 FIG3B_RHO_MIN_RATIO = 0.6
 FIG3C_LAM = (0.5, 1.0, 2.0, 4.0, 8.0)
 OFFICIAL_RHO_MAX, OFFICIAL_LAM = 2.5, 2.0
+CIFAR_RHO_MULTIPLES = (1, 2, 5, 10, 20, 50)   # × SAM's ρ; 1 is the configs' default (the Table 1/2 run)
+CIFAR_RHO_MODEL = 'resnet18'
+
+
+def cifar_rho(dataset: str, multiple: float) -> float:
+  """R-SAM's ρ at ``multiple`` × SAM's ρ on ``dataset`` (the 'cifar_rho' sweep)."""
+  return round(families.SAM_RHO_CIFAR[dataset] * multiple, 6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +59,19 @@ class Run:
 def _cifar(table: str) -> List[Run]:
   dataset = TABLE_DATASET[table]
   return [Run(table, f'{model}-{updater}',
-              f'configs/cifar.py:dataset={dataset},model={model},updater={updater}', (table,))
+              f'configs/cifar.py:dataset={dataset},model={model},updater={updater}',
+              (table, 'cifar_rho') if (model, updater) == (CIFAR_RHO_MODEL, 'rsam') else (table,))
           for model in families.CIFAR_MODELS for updater in families.CIFAR_UPDATERS[:7]]
+
+
+def cifar_rho_run(dataset: str, multiple: float) -> Run:
+  """The 'cifar_rho' run at ``multiple`` × SAM's ρ (``multiple`` 1: the Table 1/2 run it shares)."""
+  if multiple == 1:
+    return by_name()[({v: k for k, v in TABLE_DATASET.items()}[dataset], f'{CIFAR_RHO_MODEL}-rsam')]
+  rho = cifar_rho(dataset, multiple)
+  return Run('cifar_rho', f'{dataset}-{CIFAR_RHO_MODEL}-rsam-rho{rho:g}',
+             f'configs/cifar.py:dataset={dataset},model={CIFAR_RHO_MODEL},updater=rsam,rho={rho:g}',
+             ('cifar_rho',))
 
 
 def _vit_config(model: str, updater: str, aug: str = 'none', **kw) -> str:
@@ -79,6 +102,8 @@ def all_runs() -> List[Run]:
            for r in FIG3B_RHO_MAX if r != OFFICIAL_RHO_MAX]
   runs += [Run('fig3c', f'lam_{lam:g}', _vit_config('vit_b16', 'rsam', lam=lam), ('fig3c',))
            for lam in FIG3C_LAM if lam != OFFICIAL_LAM]
+  runs += [cifar_rho_run(dataset, k) for dataset in families.CIFAR_DATASETS for k in CIFAR_RHO_MULTIPLES
+           if k != 1]
   return runs
 
 

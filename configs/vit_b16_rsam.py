@@ -7,9 +7,9 @@ R-SAM: ρ tied to the lr, 2.5 → 1.5, with the 10k-step warm-up branch; λ 2; �
 m 16 [official R-SAM code, vit_jax/train.py and run.sh]. Sweeps: rho_max=,rho_min= (Fig. 3(b)),
 lam= (Fig. 3(c)); aug=mixup | mixup_ra for the other Table 3 rows.
 Everything else is the shared ViT recipe of configs/imagenet_vit.py (sources there and in
-configs/families.py): AdamW β 0.9/0.999, wd 0.3 (kernels), lr 3e-3, 10k warm-up, linear decay to 3e-5,
+configs/families.py): AdamW β 0.9/0.999, wd 0.3 (every leaf), lr 3e-3, 10k warm-up, linear decay to 3e-5,
 clip 1.0; dropout 0.1; sigmoid xent, smoothing 1e-4, head bias -10, token pool + tanh pre-logits;
-batch 4096, total_steps 93,834 (300 epochs, the official count); Inception crop 224; bfloat16.
+batch 4096, 300 epochs of train[:99%] (92,897 steps; the official run.sh: 93,834); Inception crop 224; bfloat16.
 Arguments: aug=none|mixup|mixup_ra, rho_max=, rho_min=, lam=, m=, runlocal=1.
 """
 from configs import imagenet_vit

@@ -5,9 +5,9 @@ r"""ViT-S/16 + AdamW on ImageNet-1k (Table 3 74.9, Table 4).
 
 AdamW alone (updater 'plain'), the base optimizer of every ViT run.
 Everything else is the shared ViT recipe of configs/imagenet_vit.py (sources there and in
-configs/families.py): AdamW β 0.9/0.999, wd 0.3 (kernels), lr 3e-3, 10k warm-up, linear decay to 3e-5,
+configs/families.py): AdamW β 0.9/0.999, wd 0.3 (every leaf), lr 3e-3, 10k warm-up, linear decay to 3e-5,
 clip 1.0; dropout 0.1; sigmoid xent, smoothing 1e-4, head bias -10, token pool + tanh pre-logits;
-batch 4096, total_steps 93,834 (300 epochs, the official count); Inception crop 224; bfloat16.
+batch 4096, 300 epochs of train[:99%] (92,897 steps; the official run.sh: 93,834); Inception crop 224; bfloat16.
 Arguments: aug=none|mixup|mixup_ra, rho_max=, rho_min=, lam=, m=, runlocal=1.
 """
 from configs import imagenet_vit

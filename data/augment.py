@@ -178,6 +178,20 @@ def resize_center_crop(image, *, resize: int = 256, crop: int = 224,
   return _cast_like(out, image.dtype)
 
 
+def resize_square_center_crop(image, *, resize: int = 256, crop: int = 224,
+                              out_dtype=tf.float32) -> tf.Tensor:
+  """ImageNet evaluation of the official R-SAM / vit_jax code (`input_pipeline.py`): resize to
+  `resize` x `resize` with `tf.image.resize` (bilinear, no antialiasing: its defaults; the aspect ratio
+  is NOT kept), then the central `crop` x `crop` window at offset (resize - crop) // 2, the window
+  `tf.image.central_crop(image, crop / resize)` takes when resize - crop is even (256 -> 224). Float32
+  output is not rounded, as the official pipeline feeds it to the model; an integer `out_dtype` rounds."""
+  out = tf.image.resize(tf.convert_to_tensor(image), [resize, resize], method="bilinear",
+                        antialias=False)
+  top = (resize - crop) // 2
+  out = out[top:top + crop, top:top + crop]
+  return _cast_like(out, tf.as_dtype(out_dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # RandAugment ops: uint8 HxWxC in, uint8 HxWxC out (colour ops want C == 3).
 

@@ -181,25 +181,35 @@ def _train_image(spec: sources.DataSpec, image, key):
   if spec.augment == 'inception':  # decodes only the crop window of a JPEG
     image = augment.decode_and_inception_crop(image, crop_key, size=spec.image_size)
     image = augment.random_flip(image, flip_key)
-  else:
-    image = augment.resize_center_crop(augment.decode_rgb(image), resize=spec.eval_resize,
-                                       crop=spec.image_size)
+  else:  # as evaluation, rounded to uint8 for RandAugment
+    image = _imagenet_eval_crop(spec, augment.decode_rgb(image), out_dtype=tf.uint8)
   if spec.randaugment_layers:
     image = augment.randaugment(image, ra_key, num_layers=spec.randaugment_layers,
                                 magnitude=spec.randaugment_magnitude)
   return augment.to_minus_one_one(image)
 
 
-def _eval_image(spec: sources.DataSpec, image, *, resize: Optional[int] = None):
+def _imagenet_eval_crop(spec: sources.DataSpec, image, *, resize: Optional[int] = None,
+                        mode: Optional[str] = None, out_dtype=tf.float32):
+  """ImageNet evaluation resize + centre crop of image_size, by `mode` (default
+  data.eval_resize_mode; see data/sources.py)."""
+  resize, mode = resize or spec.eval_resize, mode or spec.eval_resize_mode
+  if mode == 'square':
+    return augment.resize_square_center_crop(image, resize=resize, crop=spec.image_size,
+                                             out_dtype=out_dtype)
+  image = augment.resize_center_crop(image, resize=resize, crop=spec.image_size)
+  return tf.cast(image, out_dtype)
+
+
+def _eval_image(spec: sources.DataSpec, image, *, resize: Optional[int] = None,
+                mode: Optional[str] = None):
   """One evaluation image -> float32 HxWxC (no randomness)."""
   if spec.name == 'digits':
     return _digits_standardize(spec, image)
   image = augment.decode_rgb(image)
   if spec.name in ('cifar10', 'cifar100'):
     return augment.standardize(image, *_cifar_stats(spec.name))
-  image = augment.resize_center_crop(image, resize=resize or spec.eval_resize,
-                                     crop=spec.image_size)
-  return augment.to_minus_one_one(image)
+  return augment.to_minus_one_one(_imagenet_eval_crop(spec, image, resize=resize, mode=mode))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,9 +408,9 @@ def _make_part(raw_ds, to_example, sizes, total, local_batch, cache):
   return _Part(dataset=ds, num_batches=num_batches, num_examples=int(total))
 
 
-def _labelled(spec, resize=None, label_key='label'):
+def _labelled(spec, resize=None, label_key='label', mode=None):
   def fn(example):
-    return {'image': _eval_image(spec, example['image'], resize=resize),
+    return {'image': _eval_image(spec, example['image'], resize=resize, mode=mode),
             'label': tf.cast(example[label_key], tf.int32)}
   return fn
 
@@ -445,14 +455,14 @@ def _eval_set(spec, name, process_index, process_count, local_batch) -> EvalSet:
         finalize=evalsets.finalize_accuracy,
         info={'dataset': tfds_name, 'split': split,
               'protocol': 'ReaL: argmax in the ReaL label set; unlabelled images excluded'})
-  if name == 'imagenet_v2':
+  if name in ('imagenet_v2', 'minival'):
     part = _tfds_part(spec, tfds_name, split, *args, _labelled(spec), False)
     return EvalSet(name=name, num_examples=part.num_examples, num_batches=part.num_batches,
                    local_batch_size=local_batch, parts=[part],
                    info={'dataset': tfds_name, 'split': split}, **plain)
-  if name == 'imagenet_r':
+  if name == 'imagenet_r':  # its reference preprocessing: shorter side 256, centre crop 224
     protocol = spec.imagenet_r_protocol
-    part = _tfds_part(spec, tfds_name, split, *args, _labelled(spec), False)
+    part = _tfds_part(spec, tfds_name, split, *args, _labelled(spec, mode='shorter_side'), False)
     return EvalSet(
         name=name, num_examples=part.num_examples, num_batches=part.num_batches,
         local_batch_size=local_batch, parts=[part],
@@ -465,7 +475,7 @@ def _eval_set(spec, name, process_index, process_count, local_batch) -> EvalSet:
   keys = [(c, s) for c in spec.imagenet_c_corruptions for s in spec.imagenet_c_severities]
   parts = []
   for i, (corruption, severity) in enumerate(keys):
-    labelled = _labelled(spec, resize=spec.image_size)
+    labelled = _labelled(spec, resize=spec.image_size, mode='shorter_side')
 
     def to_example(example, i=i, labelled=labelled):
       out = labelled(example)
@@ -490,7 +500,8 @@ def make_eval_sets(data_config, eval_names: Sequence[str], *, global_batch_size:
   """name -> EvalSet for each of `eval_names`.
 
   Names: a split of the training dataset ('test' for cifar, 'validation' for imagenet2012,
-  'val' / 'test' / 'train' for digits), or for imagenet2012 also 'imagenet_real',
+  'val' / 'test' / 'train' for digits), or for imagenet2012 also 'minival' (train[99%:], the
+  part the default train split 'train[:99%]' leaves out), 'imagenet_real',
   'imagenet_v2' (matched-frequency), 'imagenet_r', 'imagenet_c'. The digits 'train' set is
   the training data as trained on (train_subset and label_noise applied). The ImageNet-R
   protocol is data.imagenet_r_protocol (recorded in `EvalSet.info`); 'imagenet_c' covers

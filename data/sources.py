@@ -9,14 +9,25 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
   data_dir              None. tfds data directory (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
                         Unused by 'digits' (it ships inside scikit-learn).
   num_train_examples    None. Size of the (global) train split used for step counts. None: the
-                        prepared dataset's metadata, else the published size (cifar 50,000,
-                        imagenet2012 1,281,167, digits: the train split / train_subset). Mocked
-                        tfds data has no metadata: tests set it. A value smaller than the split
-                        also caps each epoch to that many examples.
+                        prepared dataset's metadata for train_split, else train_split's share of the
+                        published size, sliced as tfds slices it (cifar 50,000; imagenet2012
+                        'train[:99%]' 1,268,355 of 1,281,167; digits: the train split /
+                        train_subset). Mocked tfds data has no metadata and ignores slicing: tests
+                        set it. A value smaller than the split also caps each epoch to that many
+                        examples.
   image_size            32 (cifar), 224 (imagenet2012), 8 (digits). cifar and digits only
                         accept their native size; imagenet2012 crops / resizes to it.
   eval_resize           None -> round(image_size * 256 / 224) (256 for 224). imagenet2012 only:
-                        shorter side of the evaluation resize before the centre crop.
+                        size of the evaluation resize before the centre crop of image_size.
+  eval_resize_mode      'square' (default; the official R-SAM / vit_jax evaluation: resize to
+                        eval_resize x eval_resize, aspect ratio NOT kept, bilinear without
+                        antialiasing, then the central crop, values not rounded) or
+                        'shorter_side' (shorter side to eval_resize, aspect kept, antialiased,
+                        rounded to uint8, then the central crop: big_vision's resize_small +
+                        central_crop). imagenet2012 only. 'validation', 'minival', 'imagenet_real'
+                        and 'imagenet_v2' use it; 'imagenet_r' keeps its reference protocol
+                        (shorter side 256 + centre crop 224: hendrycks/imagenet-r eval.py) and
+                        'imagenet_c' (already 224 x 224 centre crops) is only resized to image_size.
   augment               'basic' (cifar: pad 4 + random crop + flip; digits: random shift by up
                         to 1 pixel), 'inception' (imagenet2012: inception crop + flip), or
                         'none' (cifar/digits: as evaluation; imagenet2012: resize + centre crop).
@@ -27,7 +38,9 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
                         imagenet2012.
   cache                 None -> True for cifar (encoded images kept in memory), False for
                         imagenet2012. (digits always live in memory.)
-  train_split           'train'.
+  train_split           'train'; imagenet2012 'train[:99%]' (the official R-SAM / vit_jax / big_vision
+                        split: the last 1% is 'minival'). Any tfds split string of the dataset's
+                        splits ('train[:50%]', 'train[10:]+train[:5]'; not for digits).
   imagenet_r_protocol   'mask200' (only the 200 ImageNet-R classes compete; the reference) or
                         'full1000' (plain 1000-way argmax).
   imagenet_c_corruptions  the 15 benchmark corruptions (evalsets.IMAGENET_C_CORRUPTIONS).
@@ -60,25 +73,32 @@ class DataError(ValueError):
 DATASETS = ('cifar10', 'cifar100', 'imagenet2012', 'digits')
 
 _NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000, 'digits': 10}
-_PUBLISHED_TRAIN_SIZE = {'cifar10': 50_000, 'cifar100': 50_000, 'imagenet2012': 1_281_167}
+_PUBLISHED_SIZES = {'cifar10': {'train': 50_000, 'test': 10_000},
+                    'cifar100': {'train': 50_000, 'test': 10_000},
+                    'imagenet2012': {'train': 1_281_167, 'validation': 50_000}}
+_DEFAULT_TRAIN_SPLIT = {'imagenet2012': 'train[:99%]'}
 _SPLITS = {
     'cifar10': ('train', 'test'),
     'cifar100': ('train', 'test'),
     'imagenet2012': ('train', 'validation'),
     'digits': ('train', 'val', 'test'),
 }
-# Extra evaluation sets (tfds name, split) that ImageNet models are evaluated on.
+# Extra evaluation sets (tfds name, split) that ImageNet models are evaluated on. 'minival' is the 1% of
+# the train split that the default train_split 'train[:99%]' holds out (for evaluation during training).
 IMAGENET_EVAL_SETS = {
+    'minival': ('imagenet2012', 'train[99%:]'),
     'imagenet_real': ('imagenet2012_real', 'validation'),
     'imagenet_v2': ('imagenet_v2/matched-frequency', 'test'),
     'imagenet_r': ('imagenet_r', 'test'),
     'imagenet_c': ('imagenet2012_corrupted/{corruption}_{severity}', 'validation'),
 }
+# ImageNet evaluation resizes (data.eval_resize_mode; the module docstring).
+EVAL_RESIZE_MODES = ('square', 'shorter_side')
 # Datasets whose preparation needs the ILSVRC2012 tars in <data_dir>/downloads/manual/.
 _MANUAL = ('imagenet2012', 'imagenet2012_real', 'imagenet2012_corrupted')
 
 _KNOWN_FIELDS = (
-    'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'augment',
+    'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'eval_resize_mode', 'augment',
     'randaugment_layers', 'randaugment_magnitude', 'shuffle_buffer', 'cache', 'train_split',
     'imagenet_r_protocol', 'imagenet_c_corruptions', 'imagenet_c_severities', 'split_seed',
     'train_subset', 'label_noise')
@@ -92,6 +112,7 @@ class DataSpec:
   num_train_examples: Optional[int]
   image_size: int
   eval_resize: int
+  eval_resize_mode: str
   augment: str
   randaugment_layers: int
   randaugment_magnitude: float
@@ -140,6 +161,11 @@ def resolve(data_config) -> DataSpec:
   if eval_resize < image_size:
     raise DataError(f"data.eval_resize={eval_resize} is smaller than data.image_size="
                     f"{image_size}; use at least {image_size}")
+
+  eval_resize_mode = _get(data_config, 'eval_resize_mode', 'square')
+  if eval_resize_mode not in EVAL_RESIZE_MODES:
+    raise DataError(f"data.eval_resize_mode={eval_resize_mode!r}; use one of "
+                    f"{', '.join(EVAL_RESIZE_MODES)}")
 
   default_aug = 'inception' if name == 'imagenet2012' else 'basic'
   augment = _get(data_config, 'augment', default_aug)
@@ -194,12 +220,13 @@ def resolve(data_config) -> DataSpec:
       num_train_examples=None if num_train is None else int(num_train),
       image_size=image_size,
       eval_resize=eval_resize,
+      eval_resize_mode=eval_resize_mode,
       augment=augment,
       randaugment_layers=ra_layers,
       randaugment_magnitude=ra_magnitude,
       shuffle_buffer=None if shuffle_buffer is None else int(shuffle_buffer),
       cache=cache,
-      train_split=_get(data_config, 'train_split', 'train'),
+      train_split=_get(data_config, 'train_split', _DEFAULT_TRAIN_SPLIT.get(name, 'train')),
       imagenet_r_protocol=protocol,
       imagenet_c_corruptions=corruptions,
       imagenet_c_severities=severities,
@@ -229,7 +256,23 @@ def num_train_examples(data_config) -> int:
       return int(n)
   except Exception:  # pylint: disable=broad-except
     pass  # not prepared / no metadata: fall back to the published size
-  return _PUBLISHED_TRAIN_SIZE[spec.name]
+  return split_size(spec.train_split, _PUBLISHED_SIZES[spec.name])
+
+
+def _absolute_ranges(split: str, sizes: dict) -> list:
+  """[(split name, start, stop)] of a tfds split string over splits of `sizes` examples, as tfds resolves
+  it (percent slices round to the closest example)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  infos = {k: tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()}
+  out = []
+  for ins in tfds.core.ReadInstruction.from_spec(split).to_absolute(infos):
+    out.append((ins.splitname, ins.from_ or 0, sizes[ins.splitname] if ins.to is None else ins.to))
+  return out
+
+
+def split_size(split: str, sizes: dict) -> int:
+  """Number of examples of a tfds split string ('train[:99%]') over splits of `sizes` examples."""
+  return sum(stop - start for _, start, stop in _absolute_ranges(split, sizes))
 
 
 def image_shape(data_config) -> tuple:
@@ -258,13 +301,31 @@ def validate(data_config, eval_set_names: Sequence[str] = ()) -> DataSpec:
     if name not in valid:
       raise DataError(f"eval set {name!r} is not available for {spec.name}; valid: "
                       f"{', '.join(valid)}")
+  if 'minival' in eval_set_names:
+    held_out = IMAGENET_EVAL_SETS['minival'][1]
+    sizes = _PUBLISHED_SIZES[spec.name]
+    for base, start, stop in _absolute_ranges(spec.train_split, sizes):
+      for base2, start2, stop2 in _absolute_ranges(held_out, sizes):
+        if base == base2 and max(start, start2) < min(stop, stop2):
+          raise DataError(f"eval set 'minival' ({held_out}) overlaps data.train_split="
+                          f"{spec.train_split!r}; train on 'train[:99%]' or drop 'minival'")
   return spec
 
 
 def check_split(spec: DataSpec, split: str) -> None:
-  if split not in _SPLITS[spec.name]:
-    raise DataError(f"split {split!r} does not exist for {spec.name}; valid: "
-                    f"{', '.join(_SPLITS[spec.name])}")
+  """A split of the dataset, or for tfds datasets a tfds split string over its splits."""
+  valid = _SPLITS[spec.name]
+  if split in valid:
+    return
+  bases = [part.split('[')[0].strip() for part in split.split('+')]
+  if spec.name == 'digits' or any(b not in valid for b in bases):
+    raise DataError(f"split {split!r} does not exist for {spec.name}; valid: {', '.join(valid)}"
+                    + ('' if spec.name == 'digits' else " or a tfds slice of them, e.g. 'train[:99%]'"))
+  try:
+    split_size(split, {b: 100 for b in bases})
+  except ValueError:
+    raise DataError(f"split {split!r} is not a tfds split string; write it as e.g. 'train[:99%]' or "
+                    f"'train[1000:]'") from None
 
 
 # ---------------------------------------------------------------------------------------------

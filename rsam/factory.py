@@ -7,7 +7,11 @@ Every constant is a field; the defaults are the official values (sources in
 |---------|------------------------------------------------------------------------------------------|
 | plain   | —                                                                                        |
 | sam     | rho 0.05 (constant)                                                                      |
-| asam    | rho 2.0 (davda54/sam's advice for adaptive), adaptive                                    |
+| asam    | rho 0.5, eta 0.01, scale_biases False: T = |w| + η on weights, 1 on biases [SamsungLabs/ |
+|         | ASAM asam.py: class defaults rho 0.5, eta 0.01; README: ρ 0.5 CIFAR-10, 1.0 CIFAR-100].  |
+|         | Its example_cifar.py flag --eta defaults to 0.0, so the README's commands ran with η = 0. |
+|         | davda54/sam's adaptive=True is eta 0, scale_biases True (T = |w| on every leaf), with    |
+|         | rho 2.0 (its README: "as suggested by [ASAM's] authors", davda54/sam issue #37).         |
 | rsam    | ρ tied to lr: rho_max 2.5, rho_min 1.5, rho_warmup_steps 10,000; lam 2.0; gamma 5e-4 with |
 |         | gamma_growth 5 (cosine increase to 2.5e-3)      [official R-SAM code, ViT-B/16]           |
 | gsam    | ρ tied to lr: rho_max 0.6, rho_min 0.2, no warm-up branch; alpha 0.4  [GSAM Table 4]      |
@@ -37,14 +41,14 @@ _NOISE = dict(lam=2.0, gamma=5e-4, gamma_growth=5.0, clean_loss=False)
 DEFAULTS = {
     'plain': dict(),
     'sam': dict(_SAM, adaptive=False),
-    'asam': dict(_SAM, rho=2.0, rho_max=2.0, rho_min=2.0, adaptive=True),
+    'asam': dict(_SAM, rho=0.5, rho_max=0.5, rho_min=0.5, adaptive=True, eta=0.01, scale_biases=False),
     'rsam': dict(_LR_TIED, rho_max=2.5, rho_min=1.5, rho_warmup_steps=10_000, **_NOISE),
     'gsam': dict(_LR_TIED, rho_max=0.6, rho_min=0.2, alpha=0.4),
     'rgsam': dict(_LR_TIED, rho_max=0.6, rho_min=0.2, alpha=0.4, **_NOISE),
     'lpf_sgd': dict(gamma=0.002, gamma_growth=1.0, num_samples=1),
 }
 NAMES = tuple(DEFAULTS)
-_NON_NEGATIVE = ('rho', 'rho_max', 'rho_min', 'lam', 'gamma', 'alpha', 'rho_warmup_steps')
+_NON_NEGATIVE = ('rho', 'rho_max', 'rho_min', 'lam', 'gamma', 'alpha', 'rho_warmup_steps', 'eta')
 
 
 def updater_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -81,6 +85,9 @@ def validate(cfg, *, per_device_batch: Optional[int] = None) -> None:
     raise ConfigError(f"config.updater.rho_max={cfg.rho_max} is below rho_min={cfg.rho_min}; swap them")
   if 'gamma_growth' in cfg and not (isinstance(cfg.gamma_growth, (int, float)) and cfg.gamma_growth > 0):
     raise ConfigError(f"config.updater.gamma_growth={cfg.gamma_growth!r} must be > 0 (1 = constant gamma)")
+  for key in ('adaptive', 'scale_biases', 'clean_loss'):
+    if key in cfg and not isinstance(cfg[key], bool):
+      raise ConfigError(f"config.updater.{key}={cfg[key]!r} must be True or False")
   if 'num_samples' in cfg and not (isinstance(cfg.num_samples, int) and cfg.num_samples >= 1):
     raise ConfigError(f"config.updater.num_samples={cfg.num_samples!r} must be an integer >= 1")
   if cfg.get('group_mode', 'auto') not in GROUP_MODES:
@@ -122,7 +129,8 @@ def make_updater(cfg, *, total_steps: int, lr_schedule=None, lr_max: Optional[fl
   m = cfg.get('m')
   updater = SharpnessAware(
       rho=rho, gamma=gamma, lam=cfg.get('lam', 1.0), alpha=cfg.get('alpha', 0.0),
-      adaptive=cfg.get('adaptive', False), clean_loss=cfg.get('clean_loss', False),
+      adaptive=cfg.get('adaptive', False), eta=cfg.get('eta', 0.0),
+      scale_biases=cfg.get('scale_biases', False), clean_loss=cfg.get('clean_loss', False),
       accum_steps=1 if m else accum_steps)
   if m is None:
     return updater

@@ -130,16 +130,42 @@ def materialized(tree: PyTree, step) -> PyTree:
                       lambda t: jax.tree.map(jnp.zeros_like, t), tree)
 
 
-def ascent_perturbation(params, direction, rho, *, adaptive: bool = False, eps: float = T.EPS):
+# Leaves ASAM scales (T_w = |w| + η): Flax's names for what PyTorch names `weight` -- Dense/Conv
+# `kernel`, BatchNorm/LayerNorm `scale`, Embed `embedding`. SamsungLabs/ASAM asam.py scales a parameter
+# when 'weight' is in its name, so biases (and other unnamed tensors such as a ViT's position embedding or
+# class token) keep T = 1.
+ASAM_WEIGHT_NAMES = ('kernel', 'scale', 'embedding')
+
+
+def _leaf_name(path) -> str:
+  last = path[-1] if path else None
+  return str(getattr(last, 'key', getattr(last, 'name', last)))
+
+
+def asam_scale(params, *, eta: float = 0.01, scale_biases: bool = False):
+  """ASAM's T_w (Kwon et al. 2021, with the authors' code's η): |w| + η on the leaves named in
+  ``ASAM_WEIGHT_NAMES``, the scalar 1 on the others; ``scale_biases`` scales every leaf."""
+  def scale(path, w):
+    if scale_biases or _leaf_name(path) in ASAM_WEIGHT_NAMES:
+      return jnp.abs(jnp.asarray(w, jnp.float32)) + eta
+    return jnp.ones((), jnp.float32)
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def ascent_perturbation(params, direction, rho, *, adaptive: bool = False, eta: float = 0.01,
+                        scale_biases: bool = False, eps: float = T.EPS):
   """e = ρ · d / (‖d‖ + ε)   (SAM eq. 2; R-SAM eq. 7 with d = δ0 + λĝ).
 
-  Adaptive (ASAM, Kwon et al. 2021): e = ρ · T_w² d / (‖T_w d‖ + ε) with T_w = |w|.
+  Adaptive (ASAM, Kwon et al. 2021, Algorithm 1 with p = 2, as SamsungLabs/ASAM asam.py):
+  e = ρ · T² d / (‖T d‖ + ε) with T = |w| + η on weights and T = 1 on biases (``asam_scale``).
+  davda54/sam's ``adaptive=True`` is ``eta=0, scale_biases=True``: T = |w| on every leaf, so a
+  zero-initialised kernel is never perturbed.
   """
   if adaptive:
-    scaled = jax.tree.map(lambda w, d: jnp.abs(jnp.asarray(w, jnp.float32)) * d, params, direction)
+    t = asam_scale(params, eta=eta, scale_biases=scale_biases)
+    scaled = jax.tree.map(lambda s, d: s * jnp.asarray(d, jnp.float32), t, direction)
     n = T.norm(scaled)
-    return jax.tree.map(lambda w, s: rho * jnp.abs(jnp.asarray(w, jnp.float32)) * s / (n + eps),
-                        params, scaled)
+    return jax.tree.map(lambda s, sd: rho * s * sd / (n + eps), t, scaled)
   n = T.norm(direction)
   return jax.tree.map(lambda d: rho * jnp.asarray(d, jnp.float32) / (n + eps), direction)
 
@@ -178,7 +204,8 @@ class SharpnessAware:
     R-GSAM (paper §4.5, no public code) is this direct composition: R-SAM's ascent, then GSAM's
     decomposition of the first-pass gradient ĝ against g_adv.
 
-  Two forward-backward passes per step. ``adaptive`` gives ASAM's scale-invariant ascent.
+  Two forward-backward passes per step. ``adaptive`` gives ASAM's scale-invariant ascent
+  (``ascent_perturbation``: T = |w| + ``eta`` on weights, 1 on biases unless ``scale_biases``).
   ``gamma=0`` is SAM; ``alpha=0`` and a constant ρ is SAM.
   """
   rho: ScalarOrSchedule = 0.05
@@ -186,6 +213,8 @@ class SharpnessAware:
   lam: float = 1.0
   alpha: float = 0.0
   adaptive: bool = False
+  eta: float = 0.01
+  scale_biases: bool = False
   clean_loss: bool = False
   accum_steps: int = 1
   eps: float = T.EPS
@@ -212,7 +241,8 @@ class SharpnessAware:
         diagnostics['loss_clean'] = mean_loss(loss_fn, params, model_state, batch, dropout_key,
                                               self.accum_steps)
 
-    e = ascent_perturbation(params, direction, rho, adaptive=self.adaptive, eps=self.eps)
+    e = ascent_perturbation(params, direction, rho, adaptive=self.adaptive, eta=self.eta,
+                            scale_biases=self.scale_biases, eps=self.eps)
     _, g_adv, _, _ = grad_at(T.add_scaled(params, 1.0, e))
     grads = surrogate_gap_descent(g_first, g_adv, self.alpha, self.eps) if self.alpha else g_adv
 

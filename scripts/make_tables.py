@@ -41,7 +41,7 @@ PAPER_DIR = os.path.join(REPO, 'results', 'paper')
 BASE_OPTIMIZER_LABEL = {'sgd': 'sgd', 'momentum': 'sgd_momentum', 'rmsprop': 'rmsprop', 'adamw': 'adamw'}
 OPTIMIZER_ORDER = ('sgd', 'sgd_momentum', 'rmsprop', 'adamw', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam',
                    'asam')
-PAPER_TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c')
+PAPER_TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c', 'cifar_rho')
 DATASET_LABEL = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'imagenet': 'ImageNet-1k'}
 TABLE4_EVAL = {'imagenet': 'validation', 'real': 'imagenet_real', 'v2': 'imagenet_v2', 'r': 'imagenet_r',
                'c': 'imagenet_c'}
@@ -271,7 +271,7 @@ class PaperTable:
   def __init__(self, table: str):
     from configs import tables  # pylint: disable=g-import-not-at-top
     self.table, self.tables = table, tables
-    self.paper = _paper(table)  # None for fig3b / fig3c: no numbers in the paper text
+    self.paper = _paper(table)  # None for fig3b / fig3c / cifar_rho: no numbers in the paper text
     self.positions: Dict[tuple, Tuple[Any, str, Optional[dict]]] = {}  # pos -> (run spec, eval set, paper)
     specs = tables.by_name()
     if table in ('1', '2'):
@@ -294,6 +294,10 @@ class PaperTable:
         home = '3' if row['optimizer'] == 'rsam' else 'fig3a'
         spec = specs[(home, f"vit_b16-none-{row['optimizer']}")]
         self.positions[(row['model'], row['optimizer'])] = (spec, 'validation', row)
+    elif table == 'cifar_rho':
+      for dataset in tables.families.CIFAR_DATASETS:
+        for k in tables.CIFAR_RHO_MULTIPLES:
+          self.positions[(dataset, k)] = (tables.cifar_rho_run(dataset, k), 'test', None)
     else:
       grid = tables.FIG3B_RHO_MAX if table == 'fig3b' else tables.FIG3C_LAM
       official = tables.OFFICIAL_RHO_MAX if table == 'fig3b' else tables.OFFICIAL_LAM
@@ -304,9 +308,9 @@ class PaperTable:
         self.positions[(value,)] = (spec, 'validation', None)
     self.references = {}
     for pos, (spec, _, _) in self.positions.items():
-      if spec.name not in self.references:
-        self.references[spec.name] = _reference(spec)
-    self.cells = {pos: Cell(ev, self.references[spec.name][1])
+      if (spec.home, spec.name) not in self.references:
+        self.references[(spec.home, spec.name)] = _reference(spec)
+    self.cells = {pos: Cell(ev, self.references[(spec.home, spec.name)][1])
                   for pos, (spec, ev, _) in self.positions.items()}
 
   def add(self, runs: Sequence[Run]) -> int:
@@ -316,7 +320,7 @@ class PaperTable:
       sig = signature(run.flat, run.config)
       hit = False
       for pos, (spec, _, _) in self.positions.items():
-        if sig == self.references[spec.name][0]:
+        if sig == self.references[(spec.home, spec.name)][0]:
           self.cells[pos].add(run)
           hit = True
       placed += hit
@@ -345,6 +349,15 @@ class PaperTable:
       header = ['Model', 'Training'] + [lab(e) for e in p['eval_sets']]
       rows = [[lab(m), lab(o)] + [self._cell((m, o, e), d) for e in p['eval_sets']]
               for m in p['models'] for o in p['optimizers']]
+    elif self.table == 'cifar_rho':
+      out += ['## R-SAM ρ on CIFAR (not in the paper; ResNet-18, top-1 test accuracy, %)', '',
+              "No source publishes R-SAM's CIFAR ρ; the configs use SAM's (× 1). Each cell: mean ± std over "
+              "seeds [seeds]; — = no runs; * = the configs' default (the Table 1/2 run).", '']
+      datasets = self.tables.families.CIFAR_DATASETS
+      header = ["ρ / SAM's ρ"] + [f'{DATASET_LABEL[ds]} {h}' for ds in datasets for h in ('ρ', 'R-SAM')]
+      rows = [[f'{k:g}' + ('*' if k == 1 else '')]
+              + [x for ds in datasets for x in (f'{self.tables.cifar_rho(ds, k):g}', self._cell((ds, k), d))]
+              for k in self.tables.CIFAR_RHO_MULTIPLES]
     else:
       fig = '3(b): sensitivity of R-SAM to ρ' if self.table == 'fig3b' else '3(c): sensitivity of R-SAM to λ'
       out += [f'## Fig. {fig} (ViT-B/16, ImageNet top-1 validation accuracy, %)', '',

@@ -12,7 +12,9 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 from absl import flags
@@ -21,7 +23,7 @@ from ml_collections import config_flags
 import data
 from configs import families, tables
 from rsam.errors import ConfigError
-from rsam.training import config_check, loop, train_step
+from rsam.training import config_check, loop, optim, train_step
 from scripts import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +73,7 @@ def test_headline_files_are_imagenet_vit_with_two_defaults_fixed():
 
 def test_arguments_are_checked():
   cifar = importlib.import_module('configs.cifar')
-  with pytest.raises(ConfigError, match='key among: dataset, model, updater, m, runlocal'):
+  with pytest.raises(ConfigError, match='key among: dataset, model, updater, m, rho, runlocal'):
     cifar.get_config('optimiser=sgd')
   with pytest.raises(ConfigError, match="updater='lion'; choose one of"):
     cifar.get_config('updater=lion')
@@ -111,9 +113,10 @@ def test_every_cell_validates_builds_and_counts_its_steps(cell):
   config_check.check_batch(config, num_devices=8, process_count=1)
   run = train_step.build(config, MESH)
   if config.data.name == 'imagenet2012':
-    # ⌊300 · 1,281,167 / 4096⌋ = 93,835; the official run's --total_steps is one fewer.
-    assert run.total_steps == families.VIT_TOTAL_STEPS == 93_834
-    assert math.floor(300 * IMAGENET_TRAIN / 4096) - run.total_steps == 1
+    # 300 epochs of train[:99%]: tfds's percent slices end at the closest example, round(0.99 · N).
+    assert config.data.train_split == 'train[:99%]'
+    assert run.total_steps == math.floor(300 * round(0.99 * IMAGENET_TRAIN) / 4096) == 92_897
+    assert families.OFFICIAL_TOTAL_STEPS - run.total_steps == 937  # run.sh's 93,834: 303 epochs of it
     assert (config.num_epochs, config.batch_size) == (300, 4096)
   else:
     assert run.total_steps == expected_steps(config) == 200 * 50_000 // 128 == 78_125
@@ -149,7 +152,7 @@ def test_table_grids_match_the_paper_files():
     if table in ('1', '2'):
       assert {c.data.name for c in configs} == {paper['dataset']}
       assert {(c.batch_size, c.num_epochs) for c in configs} == {(paper['batch_size'], paper['epochs'])}
-  assert len(tables.all_runs()) == 21 + 21 + 12 + 2 + 4 + 4
+  assert len(tables.all_runs()) == 21 + 21 + 12 + 2 + 4 + 4 + 10
   assert len({(r.home, r.name) for r in tables.all_runs()}) == len(tables.all_runs())
 
 
@@ -171,6 +174,9 @@ def test_cifar_values():
   assert cifar('dataset=cifar100,model=resnet18,updater=rsam').updater.rho == 0.1
   r = cifar('dataset=cifar10,model=resnet50,updater=rsam').updater
   assert (r.rho_schedule, r.lam, r.gamma, r.gamma_growth) == ('constant', 2.0, 5e-4, 5.0)
+  for dataset, rho in (('cifar10', 0.5), ('cifar100', 1.0)):  # SamsungLabs/ASAM README's commands
+    a = cifar(f'dataset={dataset},updater=asam').updater
+    assert (a.rho, a.eta, a.scale_biases, a.adaptive) == (rho, 0.01, False, True)
   lpf = cifar('dataset=cifar10,model=resnet18,updater=lpf_sgd').updater
   assert (lpf.num_samples, lpf.gamma, lpf.gamma_growth) == (1, 0.002, 1.0)
   for dataset, growth in (('cifar10', 35.0), ('cifar100', 25.0)):
@@ -188,7 +194,7 @@ def test_vit_values():
   c = get('vit_b16_rsam')
   assert (c.optimizer.name, c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.b1, c.optimizer.b2,
           c.optimizer.grad_clip_norm, c.optimizer.decay_kernels_only) == ('adamw', 3e-3, 0.3, 0.9, 0.999,
-                                                                          1.0, True)
+                                                                          1.0, False)
   assert (c.schedule.name, c.schedule.warmup_steps, c.schedule.end_lr) == ('linear', 10_000, 3e-5)
   assert (c.loss, c.label_smoothing, c.compute_dtype) == ('sigmoid_xent', 1e-4, 'bfloat16')
   assert c.model.overrides.to_dict() == dict(pool='token', representation_size=768, head_bias_init=-10.0,
@@ -203,6 +209,11 @@ def test_vit_values():
   assert get('vit_b16_adamw', 'aug=mixup').mixup_alpha == 0.5
   assert get('vit_b16_adamw').updater.name == 'plain'
   assert (get('vit_b16_sam').updater.rho, get('vit_s16_sam').updater.rho) == (0.05, 0.1)
+  # ViT-SAM's pair: its ρ with its per-device batch, 4096 images over 64 TPU v3 chips of 2 cores each.
+  assert get('vit_b16_sam').updater.m == get('vit_s16_sam').updater.m == 4096 // (64 * 2) == 32
+  assert get('vit_b16_sam', 'm=16').updater.m == 16 and get('vit_b16_sam', 'm=none').updater.m is None
+  assert get('vit_b16_rsam').data.train_split == 'train[:99%]' and get('vit_b16_rsam').total_steps is None
+  assert get('vit_b16_rsam').data.eval_resize_mode == 'square' and 'minival' not in c.eval_sets
   assert get('vit_s16_rsam').model.overrides.representation_size == 384
   g, rg = get('vit_b16_gsam').updater, get('vit_b16_rgsam').updater
   assert (g.rho_max, g.rho_min, g.alpha, g.rho_warmup_steps, g.m) == (0.6, 0.2, 0.4, 0, 16)
@@ -210,6 +221,62 @@ def test_vit_values():
       0.6, 0.2, 0.4, 2.0, 5e-4, 5.0)
   sweep = get('vit_b16_rsam', 'rho_max=2,rho_min=1.2,lam=4')
   assert (sweep.updater.rho_max, sweep.updater.rho_min, sweep.updater.lam) == (2.0, 1.2, 4.0)
+
+
+def official_adam_steps(params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.3,
+                        clip=1.0):
+  """The official update (R-SAM vit_jax/train.py): global-norm clip g · min(1, clip/‖g‖), then
+  flax.optim.Adam(beta1=0.9, beta2=0.999, weight_decay=0.3).apply_param_gradient on EVERY leaf:
+  m, v moving averages, bias correction at t = step + 1, p − lr·m̂/(√v̂ + eps) − lr·wd·p (decay decoupled,
+  multiplied by the learning rate, of the pre-update parameter)."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v2 = {k: np.zeros_like(v) for k, v in p.items()}
+  for step, (g, lr) in enumerate(zip(grads_per_step, lrs)):
+    norm = np.sqrt(sum(np.sum(np.square(x)) for x in g.values()))
+    g = {k: x * min(1.0, clip / norm) for k, x in g.items()}
+    t = step + 1.0
+    for k in p:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v2[k] = b2 * v2[k] + (1 - b2) * g[k] ** 2
+      update = (m[k] / (1 - b1 ** t)) / (np.sqrt(v2[k] / (1 - b2 ** t)) + eps)
+      p[k] = p[k] - lr * update - lr * weight_decay * p[k]
+  return p
+
+
+@pytest.mark.parametrize('name', ['vit_b16_rsam', 'vit_b16_sam', 'vit_s16_adamw', 'vit_b16_gsam'])
+def test_vit_base_optimizer_is_the_official_flax_adam(name):
+  """Three steps of the config's optax chain equal flax.optim.Adam(weight_decay=0.3) after the official
+  clip, on a kernel, a bias and a LayerNorm scale (kernels-only decay left the 1-D leaves 4% apart)."""
+  config = importlib.import_module(f'configs.{name}').get_config()
+  rng = np.random.default_rng(0)
+  params = {'kernel': rng.normal(size=(4, 3)), 'bias': rng.normal(size=3), 'scale': 1 + rng.normal(size=3)}
+  grads = [{k: 2.0 * rng.normal(size=v.shape) for k, v in params.items()} for _ in range(3)]
+  lrs = [3e-3, 2e-3, 1e-3]  # the lr multiplies the decay: a schedule tells it apart from a constant
+  tx = optim.make_optimizer(config.optimizer, lambda count: jnp.asarray(lrs)[count])
+  p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  state = tx.init(p)
+  for g in grads:
+    updates, state = tx.update({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}, state, p)
+    p = optax.apply_updates(p, updates)
+  expected = official_adam_steps(params, grads, lrs)
+  for k in params:
+    np.testing.assert_allclose(np.asarray(p[k]), expected[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_cifar_rho_sweep_runs_rsam_at_multiples_of_sams_rho():
+  for dataset, sam_rho in (('cifar10', 0.05), ('cifar100', 0.1)):
+    rhos = []
+    for k in tables.CIFAR_RHO_MULTIPLES:
+      c = tables.cifar_rho_run(dataset, k).load()
+      assert (c.data.name, c.model.name, c.updater.name, c.updater.rho_schedule) == (
+          dataset, 'resnet18', 'rsam', 'constant')
+      rhos.append(c.updater.rho)
+      assert c.updater.rho == c.updater.rho_max == c.updater.rho_min
+    assert rhos == pytest.approx([k * sam_rho for k in tables.CIFAR_RHO_MULTIPLES])
+    assert tables.CIFAR_RHO_MULTIPLES[0] == 1 and tables.cifar_rho_run(dataset, 1).home in ('1', '2')
+  with pytest.raises(ConfigError, match="rho= does not apply to updater 'lpf_sgd'"):
+    importlib.import_module('configs.cifar').get_config('updater=lpf_sgd,rho=0.1')
 
 
 def test_runlocal_shrinks_imagenet():

@@ -1,17 +1,21 @@
 """Input pipelines (data/): shapes, value ranges, determinism and resumption, process slices,
 the digits dataset, and the one-line errors. tfds datasets are mocked (nothing is downloaded);
-note that mocked tfds data ignores split slicing, so slicing is checked on digits."""
+mocked tfds data ignores split slicing and makes images of 5-49 px, so the ImageNet split and the
+evaluation preprocessing are checked on a small imagenet2012 that tfds itself prepares on disk
+(`prepared_imagenet`: tfds's own Imagenet2012 builder with a generator of synthetic images)."""
 import collections
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import data
 from data import augment
 from data import sources
+from configs import vit_b16_rsam
 
 
 def _cfg(**kw):
@@ -99,6 +103,150 @@ def test_randaugment_on_off_changes_output_and_is_deterministic():
   np.testing.assert_array_equal(off['label'], on['label'])  # same examples, same order
   assert not np.array_equal(off['image'], on['image'])
   _assert_same_batches([on], [on_again])
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet as tfds prepares it: the official split and evaluation preprocessing
+
+IMAGENET_TRAIN_FAKE = 300          # train[:99%] = 297 examples, train[99%:] = 3
+EVAL_SIZES = [(375, 500), (500, 333), (256, 256)]  # (H, W): ImageNet's 500x375 and 333x500 shapes
+
+
+def _image(rng, h, w):
+  """A smooth colour gradient with texture: resizing methods give visibly different pixels."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  base = np.stack([255 * yy / h, 255 * xx / w, 127 + 100 * np.sin(xx / 7.0 + yy / 11.0)], -1)
+  return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+class _SmallImagenet(tfds.builder_cls('imagenet2012'), skip_registration=True):
+  """tfds's Imagenet2012 builder (same name, version and features) fed synthetic examples: tfds writes
+  the dataset files and metadata, so split slicing and sizes behave as on the real dataset."""
+  name = 'imagenet2012'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = None
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples([(8, 10)] * IMAGENET_TRAIN_FAKE, 0),
+            'validation': self._generate_examples(EVAL_SIZES, 1000)}
+
+  def _generate_examples(self, sizes, offset):  # pylint: disable=arguments-differ
+    rng = np.random.default_rng(offset)
+    for i, (h, w) in enumerate(sizes):
+      # The label is the example's position in the split: what an epoch saw is read off its labels.
+      yield i, {'file_name': f'{offset + i}.JPEG', 'image': _image(rng, h, w), 'label': i}
+
+
+@pytest.fixture(scope='module')
+def prepared_imagenet(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  _SmallImagenet(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _official_eval(encoded):
+  """R-SAM vit_jax/input_pipeline.py, mode 'test' (imagenet2012 preset: resize 256, crop 224)."""
+  im = tfds.builder('imagenet2012').info.features['image'].decode_example(encoded)
+  im = tf.image.resize(im, [256, 256])
+  im = tf.image.central_crop(im, 224 / 256)
+  return ((im - 127.5) / 127.5).numpy()
+
+
+def _vit_data(**kw):
+  cfg = vit_b16_rsam.get_config().data
+  cfg.update(kw)
+  return cfg
+
+
+def _raw_images(name, split, data_dir=None):
+  ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+      split=split, decoders={'image': tfds.decode.SkipDecoding()}, shuffle_files=False)
+  return [x['image'] for x in ds]
+
+
+def test_imagenet_eval_is_the_official_resize_and_central_crop(prepared_imagenet):
+  """ViT configs evaluate as the official code: tf.image.resize to 256 x 256 (aspect ratio not kept),
+  central_crop(224 / 256); checked on 500x375, 333x500 and 256x256 JPEGs tfds encoded."""
+  cfg = _vit_data(data_dir=prepared_imagenet)
+  evalset = data.make_eval_sets(cfg, ['validation'], global_batch_size=8)['validation']
+  batch = next(evalset.iterate())
+  raw = _raw_images('imagenet2012', 'validation', prepared_imagenet)  # the pipeline's read order
+  shapes = [tuple(tf.io.extract_jpeg_shape(r).numpy()[:2]) for r in raw]
+  assert sorted(shapes) == sorted(EVAL_SIZES) and batch['mask'].sum() == len(raw)
+  for i, encoded in enumerate(raw):
+    np.testing.assert_allclose(batch['image'][i], _official_eval(encoded), atol=1e-5, err_msg=str(i))
+  # The other choice, kept as data.eval_resize_mode='shorter_side', is another image for non-square ones.
+  shorter = data.make_eval_sets(_vit_data(data_dir=prepared_imagenet, eval_resize_mode='shorter_side'),
+                                ['validation'], global_batch_size=8)['validation']
+  other = next(shorter.iterate())['image']
+  for i, (h, w) in enumerate(shapes):
+    gap = np.abs(other[i] - batch['image'][i]).mean()
+    assert gap > 0.05 if h != w else gap < 0.02, (h, w, gap)  # a square image: nearly the same pixels
+
+
+def _labels(name, split, data_dir):
+  ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+      split=split, decoders={'image': tfds.decode.SkipDecoding()}, shuffle_files=False)
+  return [int(x['label']) for x in ds]
+
+
+def test_imagenet_trains_on_train_99_percent_and_minival_is_the_rest(prepared_imagenet):
+  """The ViT configs train on the official train[:99%]; 'minival' is train[99%:], evaluated like the
+  validation set; step counts use the 99% (tfds ends a percent slice at the closest example)."""
+  cfg = _vit_data(data_dir=prepared_imagenet, image_size=32, shuffle_buffer=64)
+  assert cfg.train_split == 'train[:99%]'
+  n_train = round(0.99 * IMAGENET_TRAIN_FAKE)
+  assert data.num_train_examples(cfg) == n_train == 297          # from the prepared metadata
+  held_out = _labels('imagenet2012', 'train[99%:]', prepared_imagenet)
+  assert len(held_out) == IMAGENET_TRAIN_FAKE - n_train == 3
+  batches = _take(data.make_train_iterator(cfg, global_batch_size=8, seed=0), n_train // 8)
+  seen = np.concatenate([b['label'] for b in batches])
+  assert len(set(seen)) == len(seen) == n_train // 8 * 8          # one epoch, no repeats
+  assert not set(seen) & set(held_out)
+  assert set(seen) <= set(_labels('imagenet2012', 'train[:99%]', prepared_imagenet))
+  minival = data.make_eval_sets(cfg, ['minival'], global_batch_size=8)['minival']
+  assert minival.num_examples == 3 and minival.info['split'] == 'train[99%:]'
+  batch = next(minival.iterate())
+  assert sorted(batch['label'][batch['mask'] > 0]) == sorted(held_out)
+  cfg224 = _vit_data(data_dir=prepared_imagenet)
+  image = next(data.make_eval_sets(cfg224, ['minival'], global_batch_size=8)['minival'].iterate())['image']
+  raw = _raw_images('imagenet2012', 'train[99%:]', prepared_imagenet)
+  np.testing.assert_allclose(image[0], _official_eval(raw[0]), atol=1e-5)  # evaluation preprocessing
+
+
+def test_split_strings_are_checked_and_minival_must_be_held_out():
+  # Without metadata the size is the published 1,281,167 sliced as tfds slices: 1,268,355.
+  assert data.num_train_examples(_vit_data()) == round(0.99 * 1_281_167) == 1_268_355
+  assert data.num_train_examples(_cfg(name='imagenet2012', train_split='train[:10%]')) == 128_117
+  assert 'minival' in data.eval_names(_cfg(name='imagenet2012'))
+  with pytest.raises(data.DataError) as excinfo:
+    data.validate(_cfg(name='imagenet2012', train_split='train'), ['validation', 'minival'])
+  assert 'minival' in _one_line(excinfo) and "train[:99%]" in _one_line(excinfo)
+  for bad in ('train[:99%', 'tran[:99%]'):
+    with pytest.raises(data.DataError) as excinfo:
+      data.validate(_cfg(name='imagenet2012', train_split=bad))
+    assert bad in _one_line(excinfo)
+  with pytest.raises(data.DataError):
+    data.validate(_cfg(name='digits', train_split='train[:50%]'))
+
+
+def test_real_and_v2_follow_imagenet_and_r_keeps_its_protocol():
+  with tfds.testing.mock_data(num_examples=3):
+    sets = data.make_eval_sets(_vit_data(), ['imagenet_real', 'imagenet_v2', 'imagenet_r'],
+                               global_batch_size=8)
+    batches = {name: next(s.iterate()) for name, s in sets.items()}
+    raw = {'imagenet_real': _raw_images('imagenet2012_real', 'validation'),
+           'imagenet_v2': _raw_images('imagenet_v2/matched-frequency', 'test'),
+           'imagenet_r': _raw_images('imagenet_r', 'test')}
+  for name in ('imagenet_real', 'imagenet_v2'):
+    for i, encoded in enumerate(raw[name]):
+      np.testing.assert_allclose(batches[name]['image'][i], _official_eval(encoded), atol=1e-5,
+                                 err_msg=f'{name} {i}')
+  # ImageNet-R keeps its reference protocol (shorter side 256, centre crop 224): not the square resize.
+  shapes = [tuple(tf.io.extract_jpeg_shape(r).numpy()[:2]) for r in raw['imagenet_r']]
+  differs = [np.abs(batches['imagenet_r']['image'][i] - _official_eval(r)).max() > 0.05
+             for i, r in enumerate(raw['imagenet_r'])]
+  assert all(d for d, (h, w) in zip(differs, shapes) if h != w) and any(h != w for h, w in shapes)
 
 
 # ---------------------------------------------------------------------------------------------

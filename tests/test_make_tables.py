@@ -114,9 +114,29 @@ def test_default_prints_tables_with_runs_and_the_rest():
   titles = [line for line in out.splitlines() if line.startswith('## ')]
   assert [t.split(':')[0] for t in titles] == [
       '## Table 1 (CIFAR-10)', '## Table 3 (ImageNet-1k)', '## Table 4 (ImageNet-1k)',
-      '## Fig. 3(a) (ImageNet-1k)', '## Fig. 3(b)', '## Fig. 3(c)', '## Runs in no paper table']
+      '## Fig. 3(a) (ImageNet-1k)', '## Fig. 3(b)', '## Fig. 3(c)', '## R-SAM ρ on CIFAR (not in the paper; ResNet-18, top-1 test accuracy, %)',
+      '## Runs in no paper table']
   assert out.endswith('| dataset / model | sam |\n|---|---|\n| cifar10 / resnet18 | 96.90 [1] |\n')
   assert 'Table 2' not in out  # no CIFAR-100 runs: left out unless asked for
+
+
+CIFAR_RHO_ROWS = """\
+| ρ / SAM's ρ | CIFAR-10 ρ | CIFAR-10 R-SAM | CIFAR-100 ρ | CIFAR-100 R-SAM |
+|---|---|---|---|---|
+| 1* | 0.05 | 96.61 [1] | 0.1 | — |
+| 2 | 0.1 | — | 0.2 | — |
+| 5 | 0.25 | — | 0.5 | — |
+| 10 | 0.5 | — | 1 | — |
+| 20 | 1 | — | 2 | — |
+| 50 | 2.5 | — | 5 | — |
+"""
+
+
+def test_cifar_rho_sweep_shares_the_table1_run_and_keeps_datasets_apart():
+  # The CIFAR-10 R-SAM run of Table 1 is the ×1 point of CIFAR-10 only (Tables 1 and 2 both name their
+  # cell 'resnet18-rsam').
+  out = make_tables.make(PAPER, 'cifar_rho')
+  assert CIFAR_RHO_ROWS in out and '- 1 of 12 cells have runs.' in out
 
 
 def test_empty_table_marks_every_cell(tmp_path):

@@ -115,15 +115,58 @@ def test_sam_matches_reference(rho):
   assert np.abs(flat(expected) - flat(g)).max() > 1e-2
 
 
-def test_asam_matches_reference():
-  x, y, w = make_problem()
-  rho = 0.5
-  g = np_grad(w, x, y)
-  tg = tmap(lambda a, b: np.abs(a) * b, w, g)
+def np_asam_point(params, g, rho, eta, scaled):
+  """SamsungLabs/ASAM asam.py, ascent_step: T = |w| + η for parameters whose name holds 'weight', T = 1
+  otherwise; g ← T g; e = ρ T (T g) / ‖T g‖ (their ε, 1e-16, is immaterial here)."""
+  t = {name: (np.abs(params['dense'][name]) + eta if name in scaled else np.ones_like(params['dense'][name]))
+       for name in params['dense']}
+  tg = {name: t[name] * g['dense'][name] for name in t}
   n = np_norm(tg)
-  w_adv = tmap(lambda a, b: a + rho * np.abs(a) * b / n, w, tg)
-  out = run(rsam.SharpnessAware(rho=rho, adaptive=True), w, x, y)
-  assert_tree_close(out.grads, np_grad(w_adv, x, y))
+  return {'dense': {name: params['dense'][name] + rho * t[name] * tg[name] / n for name in t}}
+
+
+@pytest.mark.parametrize('zero_kernel', [False, True])
+def test_asam_matches_the_authors_code(zero_kernel):
+  x, y, w = make_problem()
+  if zero_kernel:  # a zero-initialised kernel (a ViT head): the authors' η still perturbs it
+    w['dense']['kernel'] = np.zeros_like(w['dense']['kernel'])
+  g = np_grad(w, x, y)
+  cfg = rsam.updater_config('asam')
+  assert (cfg.rho, cfg.eta, cfg.scale_biases) == (0.5, 0.01, False)  # asam.py's class defaults
+  updater = rsam.make_updater(cfg, total_steps=10)
+  expected = np_grad(np_asam_point(w, g, 0.5, 0.01, scaled=('kernel',)), x, y)
+  out = run(updater, w, x, y)
+  assert_tree_close(out.grads, expected)
+  # The kernel moved in the ascent: the descent gradient differs from the plain one there.
+  assert np.abs(flat(expected['dense']['kernel']) - flat(g['dense']['kernel'])).max() > 1e-3
+
+
+def test_asam_davda54_variant_scales_every_leaf_without_eta():
+  x, y, w = make_problem()
+  g = np_grad(w, x, y)
+  expected = np_grad(np_asam_point(w, g, 2.0, 0.0, scaled=('kernel', 'bias')), x, y)
+  out = run(rsam.make_updater(rsam.updater_config('asam', rho=2.0, eta=0.0, scale_biases=True),
+                              total_steps=10), w, x, y)
+  assert_tree_close(out.grads, expected)
+
+
+def test_asam_scales_weights_by_name_as_the_authors_code():
+  """asam.py scales a parameter iff 'weight' is in its PyTorch name: Linear/Conv weight (Flax 'kernel'),
+  LayerNorm/BatchNorm weight ('scale'), Embedding weight ('embedding'); not biases, nor timm's pos_embed
+  and cls_token (Flax 'pos_embedding', 'cls')."""
+  rng = np.random.default_rng(0)
+  params = {'ln': {'scale': rng.normal(size=4), 'bias': rng.normal(size=4)},
+            'embed': {'embedding': rng.normal(size=(3, 4))}, 'pos_embedding': rng.normal(size=(2, 4)),
+            'cls': np.zeros((1, 4)), 'head': {'kernel': np.zeros((4, 2)), 'bias': np.zeros(2)}}
+  t = U.asam_scale(tmap(lambda v: jnp.asarray(v, jnp.float32), params), eta=0.01)
+  by_path = lambda tree: {tuple(p.key for p in path): v  # noqa: E731
+                          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  weights = {('ln', 'scale'), ('embed', 'embedding'), ('head', 'kernel')}
+  scales = by_path(t)
+  for key, value in by_path(params).items():
+    expected = np.abs(value) + 0.01 if key in weights else np.ones_like(value)
+    np.testing.assert_allclose(np.broadcast_to(scales[key], value.shape), expected, rtol=1e-6,
+                               err_msg=str(key))
 
 
 @pytest.mark.parametrize('lam', [2.0, 0.5])
@@ -221,7 +264,8 @@ def test_zero_gradient_gives_no_nan():
   # Fit y exactly: the residual, hence every gradient, is zero.
   y = x @ w['dense']['kernel'] + w['dense']['bias']
   for upd in [rsam.SharpnessAware(rho=0.05), rsam.SharpnessAware(rho=0.05, alpha=0.4),
-              rsam.SharpnessAware(rho=0.05, adaptive=True)]:
+              rsam.SharpnessAware(rho=0.05, adaptive=True),
+              rsam.SharpnessAware(rho=0.05, adaptive=True, eta=0.0, scale_biases=True)]:
     out = run(upd, w, x, y)
     assert np.all(np.isfinite(flat(out.grads)))
     assert np.all(np.isfinite(np.asarray(out.aux['cos_ascent_descent'])))
@@ -294,22 +338,63 @@ def test_noise_is_independent_across_leaves_of_equal_shape():
 
 
 # ---------------------------------------------------------------- schedules
+def official_lr(i, *, total_steps, base=3e-3, warmup_steps=10_000, linear_end=3e-5):
+  """vit_jax/hyper.py create_learning_rate_schedule(decay_type='linear'), at its step i."""
+  progress = np.clip((i - warmup_steps) / float(total_steps - warmup_steps), 0.0, 1.0)
+  lr = linear_end + (base - linear_end) * (1.0 - progress)
+  return lr * np.minimum(1.0, i / warmup_steps)
+
+
+def official_gamma(t, *, total_steps, std=5e-4, inc=4):
+  """vit_jax/train.py CosineInc(std, 1, total_steps, inc)(t)."""
+  return std * ((-np.cos(t * np.pi / total_steps) * 0.5 + 0.5) * inc + 1)
+
+
+def official_rho(lr, t, *, rho_max=2.5, rho_min=1.5, lr_max=3e-3, lr_min=3e-5):
+  """vit_jax/train.py sam_gradient: jax.lax.cond(t < 10000, w1, w2, lr)."""
+  if t < 10000:
+    return lr / lr_max * rho_max
+  return rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min)
+
+
 def test_gamma_cosine_increase_matches_official_formula():
   sched = rsam.cosine_increase(5e-4, 5.0, 1000)
-  for t in [0, 250, 500, 999, 1000]:
-    expected = 5e-4 * (1 + 4 * (1 - np.cos(np.pi * t / 1000)) / 2)
-    np.testing.assert_allclose(sched(t), expected, rtol=1e-5)
+  for step in [0, 249, 499, 998, 999]:  # t = 1 ... T, the official loop's range
+    np.testing.assert_allclose(sched(step), official_gamma(step + 1, total_steps=1000), rtol=1e-6)
 
 
 def test_lr_tied_rho_with_warmup_branch():
   lr = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 100, 1000, end_value=3e-5)
   rho = rsam.lr_tied_rho(lr, rho_max=2.5, rho_min=1.5, lr_max=3e-3, lr_min=3e-5, warmup_steps=100)
-  for t in [0, 50, 99]:
-    np.testing.assert_allclose(rho(t), 2.5 * lr(t) / 3e-3, rtol=1e-5)
-  for t in [100, 500, 1000]:
-    np.testing.assert_allclose(rho(t), 1.5 + 1.0 * (lr(t) - 3e-5) / (3e-3 - 3e-5), rtol=1e-5)
+  for step in [0, 50, 98]:  # t = step + 1 < 100
+    np.testing.assert_allclose(rho(step), 2.5 * lr(step) / 3e-3, rtol=1e-6)
+  for step in [99, 100, 500, 1000]:
+    np.testing.assert_allclose(rho(step), 1.5 + 1.0 * (lr(step) - 3e-5) / (3e-3 - 3e-5), rtol=1e-6)
   np.testing.assert_allclose(rho(100), 2.5, rtol=1e-5)
   np.testing.assert_allclose(rho(1000), 1.5, rtol=1e-4)
+
+
+def test_vit_schedules_follow_the_official_loop_at_its_boundaries():
+  """The vit_b16_rsam config's lr, ρ and γ at update ``step`` equal the official loop's at t = step + 1:
+  lr evaluated at t − 1, ρ's t < 10000 branch and γ at t (vit_jax/train.py, hyper.py)."""
+  from configs import vit_b16_rsam  # pylint: disable=g-import-not-at-top
+  from rsam.training import config_check, optim  # pylint: disable=g-import-not-at-top
+  config = vit_b16_rsam.get_config()
+  total = config_check.total_steps(config)
+  schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total)
+  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+  updater = rsam.make_updater(config.updater, total_steps=total, lr_schedule=schedule, lr_max=lr_max,
+                              lr_min=lr_min, mesh=mesh).updater  # the per-group SharpnessAware
+  for step in [0, 1, 5_000, 9_998, 9_999, 10_000, 10_001, 50_000, total - 2, total - 1]:
+    t = step + 1
+    lr = official_lr(t - 1, total_steps=total)
+    # atol: optax's linear warm-up computes lr · (1 − (1 − step/10,000)) in float32 (1e-10 off at step 1);
+    # the official branch and ours differ by 1.5e-4 in ρ at step 9,999.
+    np.testing.assert_allclose(schedule(step), lr, rtol=1e-6, atol=1e-9, err_msg=f'lr at step {step}')
+    np.testing.assert_allclose(updater.rho(step), official_rho(lr, t), rtol=1e-6, atol=1e-6,
+                               err_msg=f'rho at step {step}')
+    np.testing.assert_allclose(updater.gamma(step), official_gamma(t, total_steps=total), rtol=2e-6,
+                               err_msg=f'gamma at step {step}')
 
 
 def test_rsam_factory_defaults_are_the_official_values():
@@ -330,6 +415,7 @@ def test_rsam_factory_defaults_are_the_official_values():
     ('rsam', 'lam', -2.0, 'lam=-2.0'),
     ('sam', 'm', 0, 'm=0'),
     ('rsam', 'group_mode', 'scan', "group_mode='scan'"),
+    ('asam', 'eta', -0.01, 'eta=-0.01'),
 ])
 def test_bad_updater_config_is_one_line(name, field, value, fragment):
   with pytest.raises(rsam.ConfigError) as e:
