@@ -65,13 +65,14 @@ class Emulator:
     self._log.close()
     os.unlink(self._log.name)
 
-  def uploads(self, bucket: str, name: str) -> int:
-    """How many times object ``name`` was uploaded so far: media and multipart uploads are one POST; a
-    resumable one starts with a POST without ``upload_id`` (its later requests carry one)."""
+  def uploads(self, bucket: str, name: str) -> list:
+    """The access-log lines of every upload of object ``name`` so far (one per upload): media and multipart
+    uploads are one POST; a resumable one starts with a POST without ``upload_id`` (its later requests
+    carry one)."""
     with open(self._log.name) as f:
       lines = [line for line in f if '"POST ' in line and f'/upload/storage/v1/b/{bucket}/o?' in line]
     query = lambda line: urllib.parse.parse_qs(line.split('/o?', 1)[1].split(' HTTP/')[0])  # noqa: E731
-    return sum(query(line).get('name') == [name] and 'upload_id' not in query(line) for line in lines)
+    return [line.strip() for line in lines if query(line).get('name') == [name] and 'upload_id' not in query(line)]
 
   def env(self, base=None) -> Dict[str, str]:
     """An environment that sends every gs:// path to this emulator (and nothing through a proxy)."""
