@@ -66,13 +66,19 @@ class Emulator:
     os.unlink(self._log.name)
 
   def uploads(self, bucket: str, name: str) -> list:
-    """The access-log lines of every upload of object ``name`` so far (one per upload): media and multipart
-    uploads are one POST; a resumable one starts with a POST without ``upload_id`` (its later requests
-    carry one)."""
+    """The access-log lines of every completed upload of object ``name`` so far (one per upload): a media
+    or multipart upload is one POST; a resumable one completes with the request that carries its
+    ``upload_id`` and is answered 200 (a client's retried start of an upload is not a second upload)."""
     with open(self._log.name) as f:
-      lines = [line for line in f if '"POST ' in line and f'/upload/storage/v1/b/{bucket}/o?' in line]
-    query = lambda line: urllib.parse.parse_qs(line.split('/o?', 1)[1].split(' HTTP/')[0])  # noqa: E731
-    return [line.strip() for line in lines if query(line).get('name') == [name] and 'upload_id' not in query(line)]
+      lines = [line for line in f if f'/upload/storage/v1/b/{bucket}/o?' in line]
+
+    def completed(line):
+      request, _, status = line.partition('HTTP/1.1\\" ')
+      query = urllib.parse.parse_qs(request.split('/o?', 1)[1].split(' ')[0])
+      if query.get('name') != [name] or not status.startswith(('200', '201')):
+        return False
+      return 'upload_id' in query or query.get('uploadType') != ['resumable']
+    return [line.strip() for line in lines if completed(line)]
 
   def env(self, base=None) -> Dict[str, str]:
     """An environment that sends every gs:// path to this emulator (and nothing through a proxy)."""
