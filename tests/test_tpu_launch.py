@@ -55,7 +55,7 @@ def test_dry_run_prints_every_command_of_a_fresh_spot_start():
       f'set -e; if [ ! -f ~/rsam/.installed-{short} ]; then rm -rf ~/rsam && mkdir -p ~/rsam && '
       f'tar -xzf ~/rsam-{short}.tar.gz -C ~/rsam && (command -v python3.11 >/dev/null || (sudo apt-get '
       f'update -qq && sudo apt-get install -y -qq python3.11 python3.11-venv)) && python3.11 -m venv '
-      f'~/rsam/.venv && ~/rsam/.venv/bin/pip install -q -r ~/rsam/requirements.txt && ~/rsam/.venv/bin/pip '
+      f'~/rsam/.venv && (cd ~/rsam && .venv/bin/pip install -q -r requirements.txt -e ".[train]") && ~/rsam/.venv/bin/pip '
       f'install -q "jax[tpu]>=0.10.2,<0.11" && touch ~/rsam/.installed-{short}; fi')
   assert run[-1] == ('cd ~/rsam && env WANDB_MODE=offline .venv/bin/python train.py --config '
                      'configs/vit_b16_rsam.py --config.seed=1 --workdir=gs://bkt/rsam/vit_b16_rsam '

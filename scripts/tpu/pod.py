@@ -9,7 +9,7 @@ r"""A train.py run on a Cloud TPU VM pod slice, end to end: the logic behind scr
    waits in Google's queue until the slice is free. Then it waits for READY (ACTIVE for a queued resource).
 2. The code: ``git archive`` of ``--commit`` (default HEAD: commit first), copied to every worker with
    ``gcloud compute tpus tpu-vm scp --worker=all`` and unpacked in ``~/rsam``; a venv there, the README's
-   install (``requirements.txt``) and the ``jax[tpu]`` build of the jax version requirements.txt pins.
+   install (``requirements.txt`` and the checkout, editable, as the README installs it) and the ``jax[tpu]`` build of the jax version requirements.txt pins.
    Skipped when that commit is already installed on the workers.
 3. The run: the same ``train.py`` command on every worker (``gcloud compute tpus tpu-vm ssh --worker=all
    --command``) with ``--workdir`` and ``--config.data.data_dir`` in buckets; jax finds the pod by itself
@@ -173,7 +173,7 @@ class Job:
         f'rm -rf {d}', f'mkdir -p {d}', f'tar -xzf ~/{self.archive_name} -C {d}',
         f'(command -v {py} >/dev/null || (sudo apt-get update -qq && sudo apt-get install -y -qq {py} '
         f'{py}-venv))',
-        f'{py} -m venv {d}/.venv', f'{d}/.venv/bin/pip install -q -r {d}/requirements.txt',
+        f'{py} -m venv {d}/.venv', f'(cd {d} && .venv/bin/pip install -q -r requirements.txt -e ".[train]")',
         f'{d}/.venv/bin/pip install -q "{self.jax_tpu}"', f'touch {marker}']
     return f'set -e; if [ ! -f {marker} ]; then {" && ".join(steps)}; fi'
 
