@@ -32,3 +32,18 @@ def subprocess_env(cache_dir: str, **extra) -> dict:
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1', WANDB_MODE='disabled', TF_CPP_MIN_LOG_LEVEL='3',
              XLA_FLAGS=os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'), **extra)
   return env
+
+
+def restored_state(config, workdir, step: int):
+  """The train state of checkpoint ``step`` in a local ``workdir`` as numpy leaves, restored onto the
+  state ``config`` builds on all devices."""
+  import numpy as np
+  from rsam.training import checkpointing, train_step
+  run = train_step.build(config, train_step.make_mesh())
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
+  try:
+    got, state = ckpt.restore(step, run.init_state())
+  finally:
+    ckpt.close()
+  assert got == step
+  return jax.tree.map(np.asarray, jax.device_get(state))

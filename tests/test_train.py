@@ -60,16 +60,7 @@ def _finished_steps(workdir):
 
 
 def _state(workdir, step):
-  """The train state of checkpoint ``step`` as numpy leaves, restored onto the tiny config's state."""
-  from rsam.training import checkpointing, train_step
-  run = train_step.build(_tiny(), train_step.make_mesh())
-  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
-  try:
-    got, state = ckpt.restore(step, run.init_state())
-  finally:
-    ckpt.close()
-  assert got == step
-  return jax.tree.map(np.asarray, jax.device_get(state))
+  return helpers.restored_state(_tiny(), workdir, step)
 
 
 def _kill_after_first_checkpoint(proc, workdir, record):
