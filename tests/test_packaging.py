@@ -125,6 +125,25 @@ def test_editable_install_puts_the_checkout_on_the_path(source, tmp_path):
                                              f'rsam-{rsam.__version__}.dist-info'])
 
 
+@pytest.mark.slow
+def test_pip_install_from_a_git_url_with_the_train_extra(source, tmp_path):
+  """`pip install "rsam[train] @ git+URL"`, as the README tells users outside a checkout: here the URL is a
+  git repository made from the checkout's files (file://localhost/..., nothing leaves the machine). The extra resolves
+  against the packages already present (--no-index), and the installed rsam is the library only."""
+  repo = tmp_path / 'repo'
+  shutil.copytree(source, repo, ignore=_NOT_SOURCES, symlinks=True)
+  git = ['git', '-c', 'user.name=test', '-c', 'user.email=test@localhost', '-c', 'init.defaultBranch=main']
+  for cmd in (['init', '-q'], ['add', '-A'], ['commit', '-q', '-m', 'snapshot']):
+    run(git + cmd, cwd=repo)
+  python, site = fresh_venv(tmp_path / 'venv')
+  run([str(python), '-m', 'pip', 'install', '--no-build-isolation', '--no-index',
+       f'rsam[train] @ git+file://localhost{repo}'], cwd=tmp_path)
+  code = 'import rsam, rsam.transforms; print(rsam.__version__, rsam.__file__)'
+  version, location = run([str(python), '-c', code], cwd=tmp_path).stdout.split()
+  assert version == rsam.__version__ and location.startswith(site), location
+  assert not os.path.exists(os.path.join(site, 'models')) and not os.path.exists(os.path.join(site, 'data'))
+
+
 def _pyproject():
   with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
     return tomllib.load(f)['project']
