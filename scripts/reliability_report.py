@@ -99,9 +99,17 @@ def render(facts, outcomes, timing):
                  'the damaged one renamed, its files unchanged',
                  outcome(outcomes, 'test_damaged_latest')))
   if 'damage_full_restart' in facts:
-    rows.append(('Two newest damaged + an interrupted save (`12.orbax-checkpoint-tmp-*`), full restart',
+    rows.append(('Two newest damaged, full restart',
                  '1×', facts['damage_full_restart'],
                  outcome(outcomes, 'test_resume_after_damaged')))
+  for where, key in (('locally', 'interrupted_save_local'), ('on gs:// (emulator)', 'interrupted_save_gcs')):
+    if key in facts:
+      fact = facts[key]
+      rows.append((f'A checkpoint save SIGKILLed while orbax writes it, {where}', '1× (a real save of 48 MB)',
+                   f"the kill left {', '.join(f'`{n}`' for n in fact['left_by_the_kill'])}; the trainer's "
+                   f"start removed it and printed one line; finished checkpoints {fact['finished_kept']} "
+                   f"kept byte for byte and the newest restores",
+                   outcome(outcomes, 'test_a_save_killed_' + ('locally' if key.endswith('local') else 'on_gcs'))))
   if 'no_intact' in facts:
     cli = facts.get('cli', {}).get('all checkpoints damaged', {})
     noise = ' (orbax printed a traceback at interpreter exit, after the error line)' \

@@ -1,8 +1,8 @@
 """The one checkpoint path: orbax CheckpointManager in ``<workdir>/checkpoints``.
 
 Saves are asynchronous; ``max_to_keep`` bounds the disk. Resume takes the newest checkpoint that restores.
-orbax skips an interrupted save (a ``*.orbax-checkpoint-tmp-*`` folder, which the trainer removes when
-it opens the directory) but still lists a damaged finished one, so restore walks back from the newest, with
+orbax skips an interrupted save (locally a ``<step>.orbax-checkpoint-tmp`` folder, on gs:// a step folder
+without ``commit_success.txt``; the trainer removes both when it opens the directory) but still lists a damaged finished one, so restore walks back from the newest, with
 a fresh manager after each failure (a failed restore can leave orbax's manager unable to restore intact
 ones). Once one restores, the newer ones that failed are renamed ``<step>.damaged`` (never deleted). If
 none restores, nothing is renamed (the cause may be a changed model or code, not damage) and a one-line
@@ -21,6 +21,10 @@ from jax.experimental import multihost_utils
 
 from rsam.errors import ConfigError
 from rsam.training import paths
+
+# The names orbax gives a save in progress and the marker of a finished one on object stores.
+TMP_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX  # '.orbax-checkpoint-tmp'
+COMMIT_FILE = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE  # 'commit_success.txt'
 
 
 class CheckpointError(ConfigError):
@@ -41,13 +45,27 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def _remove_interrupted_saves(self) -> None:
-    """Deletes the saves a kill interrupted (``<step>.orbax-checkpoint-tmp-*``), never a finished one."""
-    if jax.process_index() == 0 and self.directory.exists():
-      for path in sorted(self.directory.glob('*.orbax-checkpoint-tmp-*')):
+    """Deletes the saves a kill interrupted, never a finished one. What orbax (0.12) leaves: locally a save
+    is written into ``<step>.orbax-checkpoint-tmp`` (older versions: ``...-tmp-<timestamp>``) and renamed
+    to ``<step>`` once finished; on gs:// (no atomic rename) it is written into ``<step>`` itself and marked
+    finished by a ``commit_success.txt`` written last."""
+    if jax.process_index() == 0:
+      for path in self._interrupted_saves():
         path.rmtree()
+        paths.refresh(self.directory)
         print(f'removed {path}, a checkpoint save that was interrupted', flush=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('removed interrupted checkpoint saves')
+
+  def _interrupted_saves(self) -> list:
+    remote = paths.is_remote(self.directory)
+    out = []
+    for name in paths.listdir(self.directory):
+      if TMP_SUFFIX in name:
+        out.append(self.directory / name)
+      elif remote and name.isdigit() and not paths.exists(self.directory / name / COMMIT_FILE):
+        out.append(self.directory / name)
+    return out
 
   def _reopen(self) -> None:
     self.manager.close()
@@ -167,3 +185,18 @@ def _quiet_failed_restore_leftovers() -> None:
       previous(unraisable)
   hook.rsam_quiet = True
   sys.unraisablehook = hook
+
+
+def abstract_state(shapes: Any, sharding: Any = None) -> Any:
+  """The restore target without computing a state: ``shapes`` (arrays or ``jax.ShapeDtypeStruct``, e.g. from
+  ``jax.eval_shape(init)``) as ShapeDtypeStructs placed on ``sharding``: one Sharding for every leaf, a tree
+  of them matching ``shapes``, or None (each leaf's own sharding, else replicated over all devices)."""
+  if sharding is None:
+    replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('d',)),
+                                            jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(lambda x: getattr(x, 'sharding', None) or replicated, shapes)
+  elif isinstance(sharding, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: sharding, shapes)
+  else:
+    shardings = sharding
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
