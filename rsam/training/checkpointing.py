@@ -10,12 +10,15 @@ error names the directory. Not detected: a flipped bit inside an array's data fi
 checksums). The train state holds the step; the data position and every PRNG key are functions of
 (seed, step), so a resumed run continues exactly.
 """
+import collections
+import concurrent.futures
 import logging
 import os
 import sys
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -25,10 +28,16 @@ from rsam.training import paths
 # The names orbax gives a save in progress and the marker of a finished one on object stores.
 TMP_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX  # '.orbax-checkpoint-tmp'
 COMMIT_FILE = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE  # 'commit_success.txt'
+ITEM = 'default'  # the folder of the state inside a step's folder (orbax's name for a single item)
+MANIFEST = 'rsam_checksums.json'  # {'algorithm': 'sha256', 'files': {'default/...': hex digest}}
 
 
 class CheckpointError(ConfigError):
   pass
+
+
+class ChecksumError(Exception):
+  """A checkpoint's files differ from the checksums written when it was saved: it counts as damaged."""
 
 
 class Checkpointer:
@@ -39,9 +48,14 @@ class Checkpointer:
     self.directory = paths.path(paths.normalize(workdir)) / 'checkpoints'
     if cleanup_tmp:  # ourselves, synchronously: orbax's option leaves a thread that can outlive the process
       self._remove_interrupted_saves()
+    self._asynchronous = asynchronous
+    self._saving = collections.deque()  # steps whose async save is under way, oldest first
     self._options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=max_to_keep,
-        enable_async_checkpointing=asynchronous)
+        enable_async_checkpointing=asynchronous,
+        # Called in orbax's save thread once the arrays are written and before the save is committed
+        # (renamed / commit_success.txt): a committed checkpoint always holds its manifest.
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._on_written) if asynchronous else None)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def _remove_interrupted_saves(self) -> None:
@@ -75,7 +89,60 @@ class Checkpointer:
     """Saves if the cadence says so (or ``force``); a step already on disk is left as it is."""
     if force and self.manager.latest_step() == step:
       return False
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    if not (force or self.manager.should_save(step)):
+      return False
+    self._saving.append(step)  # before orbax starts: its callback for this save may run before save returns
+    saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if not saved:
+      self._saving.remove(step)
+    elif not self._asynchronous:  # already committed: the manifest follows (a kill between: unverified)
+      self._saving.remove(step)
+      self._write_manifest(self.directory / str(step))
+    return saved
+
+  def _on_written(self) -> None:
+    step = self._saving.popleft()
+    tmp = self.directory / f'{step}{TMP_SUFFIX}'  # locally; on gs:// orbax writes into the step's folder
+    self._write_manifest(tmp if paths.exists(tmp) else self.directory / str(step))
+
+  def _write_manifest(self, folder) -> None:
+    """``MANIFEST`` in ``folder``: the sha256 of every file of the saved item (``default/...``)."""
+    if jax.process_index() != 0:
+      return
+    names = [n for n in paths.files_under(folder) if n.startswith(ITEM + '/')]
+    paths.write_json(folder / MANIFEST, {'algorithm': 'sha256', 'files': _hash_files(folder, names)})
+
+  def verify(self, step: int) -> bool:
+    """Checks checkpoint ``step`` against its manifest: ChecksumError naming the first file that differs or
+    is missing; False (and a warning line) for a checkpoint without one (saved by an older version)."""
+    folder = self.directory / str(step)
+    ok, message = True, ''
+    if jax.process_index() == 0:
+      try:
+        manifest = paths.read_json(folder / MANIFEST)
+      except FileNotFoundError:
+        ok = None
+      else:
+        try:
+          got = _hash_files(folder, list(manifest['files']))
+        except FileNotFoundError as e:
+          ok, message = False, f'{paths.brief(e)}'
+        else:
+          bad = [n for n, h in manifest['files'].items() if got[n] != h]
+          ok, message = not bad, f'{len(bad)} file(s) differ from {MANIFEST}, e.g. {bad[:1]}'
+    if jax.process_count() > 1:  # one verdict for all hosts (process 0 read the files)
+      code = multihost_utils.broadcast_one_to_all(np.int32({True: 1, False: 0, None: 2}[ok]))
+      ok = {1: True, 0: False, 2: None}[int(code)]
+    if ok is False:
+      raise ChecksumError(message or 'checksum mismatch')
+    if ok is None:
+      print(f'warning: checkpoint {step} in {self.directory} has no {MANIFEST} (saved before checksums '
+            f'were written); restoring it unverified', flush=True)
+    return bool(ok)
+
+  def _restore(self, step: int, target: Any) -> Any:
+    self.verify(step)
+    return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
   def due(self, step: int) -> bool:
     """Whether ``save(step, ...)`` saves (the cadence; False for a step already on disk)."""
@@ -87,7 +154,7 @@ class Checkpointer:
     failed = []
     for step in steps:
       try:
-        state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        state = self._restore(step, target)
       except Exception as e:  # orbax raises many types for damaged files; any failure means "not intact"
         failed.append((step, e))
         _quiet_failed_restore_leftovers()
@@ -116,7 +183,7 @@ class Checkpointer:
       raise CheckpointError(f'no checkpoint of step {step} in {self.directory}; available: {sorted(steps)}')
     for candidate in [step] if step is not None else steps:
       try:
-        return candidate, self.manager.restore(candidate, args=ocp.args.StandardRestore(target))
+        return candidate, self._restore(candidate, target)
       except Exception as e:  # a damaged checkpoint: try the one before when no step was asked for
         error = e
         _quiet_failed_restore_leftovers()
@@ -146,6 +213,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _hash_files(folder, names) -> dict:
+  """{name: sha256 of folder/name}, several files at once (hashing releases the GIL)."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(len(names), 1))) as pool:
+    return dict(zip(names, pool.map(lambda n: paths.sha256(folder / n), names)))
 
 
 def _brief(e: Exception) -> str:
