@@ -40,12 +40,35 @@ class ChecksumError(Exception):
   """A checkpoint's files differ from the checksums written when it was saved: it counts as damaged."""
 
 
+def _write_one_replica_per_array() -> None:
+  """orbax (on TPU and CPU) splits the saving of a replicated array across its replicas: each device
+  copies a slice of it, through a jitted slice program per array shape and device, compiled on the main
+  thread at the first save (384 small programs for the tiny ResNet's train state, seconds under load;
+  more for a larger model). The train state here is replicated, so one replica's copy is written whole
+  instead: no program at all (orbax's choice on GPU already)."""
+  if _ONE_REPLICA:
+    return
+  absl_logger = logging.getLogger('absl')  # orbax logs a warning for any override
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_logger.setLevel(level)
+  _ONE_REPLICA.append(True)
+
+
+_ONE_REPLICA = []
+
+
 class Checkpointer:
   def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, asynchronous: bool = True,
                cleanup_tmp: bool = False):
     """``cleanup_tmp``: delete saves interrupted by a kill (they would pile up, a full checkpoint each) when
     opening; only for the trainer, never for a reader such as eval.py that may run beside it."""
     self.directory = paths.path(paths.normalize(workdir)) / 'checkpoints'
+    _write_one_replica_per_array()
     if cleanup_tmp:  # ourselves, synchronously: orbax's option leaves a thread that can outlive the process
       self._remove_interrupted_saves()
     self._asynchronous = asynchronous
