@@ -2,13 +2,23 @@
 
 Saves are asynchronous; ``max_to_keep`` bounds the disk. Resume takes the newest checkpoint that restores.
 orbax skips an interrupted save (locally a ``<step>.orbax-checkpoint-tmp`` folder, on gs:// a step folder
-without ``commit_success.txt``; the trainer removes both when it opens the directory) but still lists a damaged finished one, so restore walks back from the newest, with
-a fresh manager after each failure (a failed restore can leave orbax's manager unable to restore intact
-ones). Once one restores, the newer ones that failed are renamed ``<step>.damaged`` (never deleted). If
-none restores, nothing is renamed (the cause may be a changed model or code, not damage) and a one-line
-error names the directory. Not detected: a flipped bit inside an array's data file (orbax keeps no
-checksums). The train state holds the step; the data position and every PRNG key are functions of
-(seed, step), so a resumed run continues exactly.
+without ``commit_success.txt``; the trainer removes both when it opens the directory) but still lists a
+damaged finished one, so restore walks back from the newest, with a fresh manager after each failure (a
+failed restore can leave orbax's manager unable to restore intact ones). Once one restores, the newer ones
+that failed are renamed ``<step>.damaged`` (never deleted). If none restores, nothing is renamed (the
+cause may be a changed model or code, not damage) and a one-line error names the directory.
+
+Checksums: orbax keeps none, and a flipped byte inside an array's data file restored silently with wrong
+values. Every save writes ``<step>/rsam_checksums.json`` (sha256 of every file of the state), in orbax's
+save thread once the arrays are written and before the save is committed, so a committed checkpoint
+always has it; every restore verifies it first, and a mismatch is damage like any other (set aside, the
+one before restored). A checkpoint without one (saved by an earlier version) restores unverified, with a
+warning line.
+
+Restore targets are abstract (``abstract_state``: shapes, dtypes, shardings), so a resume never computes
+an initial state only to overwrite it, and a caller chooses the shardings the state lands on. The train
+state holds the step; the data position and every PRNG key are functions of (seed, step), so a resumed
+run continues exactly.
 """
 import collections
 import concurrent.futures
@@ -124,9 +134,20 @@ class Checkpointer:
     return saved
 
   def _on_written(self) -> None:
-    step = self._saving.popleft()
-    tmp = self.directory / f'{step}{TMP_SUFFIX}'  # locally; on gs:// orbax writes into the step's folder
-    self._write_manifest(tmp if paths.exists(tmp) else self.directory / str(step))
+    """orbax's post-finalization callback: the oldest save under way has written its arrays."""
+    if jax.process_index() != 0:
+      self._saving.clear()
+      return
+    while self._saving:  # a save that failed inside orbax never calls back: skip its step
+      step = self._saving.popleft()
+      tmp = self.directory / f'{step}{TMP_SUFFIX}'  # locally; on gs:// orbax writes into the step's folder
+      if paths.exists(tmp):
+        self._write_manifest(tmp)
+        return
+      final = self.directory / str(step)
+      if paths.is_remote(final) and not paths.exists(final / COMMIT_FILE):
+        self._write_manifest(final)
+        return
 
   def _write_manifest(self, folder) -> None:
     """``MANIFEST`` in ``folder``: the sha256 of every file of the saved item (``default/...``)."""
