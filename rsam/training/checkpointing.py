@@ -53,8 +53,8 @@ class ChecksumError(Exception):
 def _write_one_replica_per_array() -> None:
   """orbax (on TPU and CPU) splits the saving of a replicated array across its replicas: each device
   copies a slice of it, through a jitted slice program per array shape and device, compiled on the main
-  thread at the first save (384 small programs for the tiny ResNet's train state, seconds under load;
-  more for a larger model). The train state here is replicated, so one replica's copy is written whole
+  thread at the first save (128 programs for the tiny ResNet's train state on 8 devices, 384 lines of
+  JAX_LOG_COMPILES, 12 s under load; more for a larger model). The train state here is replicated, so one replica's copy is written whole
   instead: no program at all (orbax's choice on GPU already)."""
   if _ONE_REPLICA:
     return
