@@ -106,3 +106,34 @@ def test_restart_measurement_times_a_cold_start_and_its_resume(tmp_path):
   assert report['hashing']['bytes_per_s'] > 0
   text = restart_bench.markdown(report)
   assert f"resume / cold = {result['ratio']:.2f}" in text and 'per save and per restore' in text
+
+
+def test_every_save_holds_a_checksum_manifest_and_one_without_restores_unverified(tmp_path, capsys):
+  """Async and synchronous saves both write rsam_checksums.json (the sha256 of each file of the state); a
+  checkpoint without one (an older version's) restores, with a warning line."""
+  import json
+  from rsam.training import checkpointing
+  state = {'a': jax.device_put(np.arange(64, dtype=np.float32)), 'b': jax.device_put(np.ones((3, 5)))}
+  for asynchronous in (True, False):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / str(asynchronous)), every_steps=1, max_to_keep=None,
+                                      asynchronous=asynchronous)
+    try:
+      assert ckpt.save(1, state) and ckpt.save(2, state)
+      ckpt.wait()
+    finally:
+      ckpt.close()
+    for step in (1, 2):
+      folder = tmp_path / str(asynchronous) / 'checkpoints' / str(step)
+      manifest = json.loads((folder / checkpointing.MANIFEST).read_text())
+      files = sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()
+                     and p.parts[len(folder.parts)] == checkpointing.ITEM)
+      assert sorted(manifest['files']) == files and len(files) > 3
+  os.remove(tmp_path / 'True' / 'checkpoints' / '2' / checkpointing.MANIFEST)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'True'), every_steps=1, max_to_keep=None)
+  try:
+    step, restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(lambda: state)))
+  finally:
+    ckpt.close()
+  assert step == 2 and np.array_equal(restored['a'], state['a'])
+  out = capsys.readouterr().out
+  assert 'checkpoint 2' in out and f'no {checkpointing.MANIFEST}' in out and 'unverified' in out, out
