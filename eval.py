@@ -37,7 +37,8 @@ def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> d
   config_check.check_batch(config, num_devices=mesh.devices.size, process_count=jax.process_count())
   run = train_step.build(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None, asynchronous=False)
-  step, state = ckpt.restore(step, run.init_state())
+  step, state = ckpt.restore(step, checkpointing.abstract_state(jax.eval_shape(run.init_state),
+                                                                 train_step.NamedSharding(mesh, train_step.P())))
   sets = data.make_eval_sets(config.data, tuple(config.eval_sets), global_batch_size=config.eval_batch_size)
   results = evaluation.Evaluator(run.model, mesh, sets).run(state['params'], state['model_state'])
   out = {'step': step, 'eval': results, 'hardware': loop.hardware()}

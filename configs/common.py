@@ -36,6 +36,9 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # JAX's persistent compilation cache (rsam/training/compilation_cache.py): '' = $JAX_COMPILATION_CACHE_DIR
+  # or <cache dir>/jax_compilation_cache on this machine (RSAM_CACHE_DIR / XDG_CACHE_HOME); 'off'; a folder.
+  c.compilation_cache_dir = ''
   c.nan_policy = 'stop'              # 'stop': one-line error naming the step; 'skip': drop that update
   c.wandb = ml_collections.ConfigDict({
       'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),

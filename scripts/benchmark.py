@@ -910,6 +910,13 @@ def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--preset', choices=sorted(PRESETS), default='full')
+  p.add_argument('--restart', action='store_true',
+                 help='instead of the step suite: resume-to-first-step against a cold start (one of each, '
+                      'rsam/training/restart_bench.py) and the checksum hashing throughput; writes '
+                      'restart.json and restart.md to --out')
+  p.add_argument('--restart_args', default='--config configs/tiny.py',
+                 help='the train.py arguments of the --restart measurement')
+  p.add_argument('--hash_bytes', type=int, default=1 << 30, help='file size of the hashing measurement')
   p.add_argument('--out', default=os.path.join('results', 'benchmarks'),
                  help='folder for benchmark.json and benchmark.md (relative to the repository)')
   p.add_argument('--models', nargs='+', help='model specs (see PRESETS), overriding the preset')
@@ -933,6 +940,28 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
+def restart(args, argv) -> dict:
+  """The --restart measurement (rsam/training/restart_bench.py): prints the ratio, writes restart.json/.md."""
+  from rsam.training import paths, restart_bench  # pylint: disable=g-import-not-at-top
+  out = args.out if os.path.isabs(args.out) or paths.is_remote(args.out) else os.path.join(ROOT, args.out)
+  paths.makedirs(out)
+  load = os.getloadavg()
+  result = restart_bench.measure(shlex.split(args.restart_args))
+  print(f"cold start {result['cold']['seconds']:.1f} s, resume {result['resume']['seconds']:.1f} s to the "
+        f"first step: ratio {result['ratio']:.2f} (target <= {result['target']})", flush=True)
+  hashing = restart_bench.hash_throughput(args.hash_bytes)
+  from configs import vit_b16_rsam  # pylint: disable=g-import-not-at-top
+  vit = {'config': 'configs/vit_b16_rsam.py', 'bytes': restart_bench.state_bytes(vit_b16_rsam.get_config())}
+  print(f"sha256 {hashing['bytes_per_s'] / 1e9:.2f} GB/s; ViT-B/16 state {vit['bytes'] / 1e9:.2f} GB: "
+        f"{vit['bytes'] / hashing['bytes_per_s']:.1f} s per save and per restore", flush=True)
+  report = {'command': _command(argv), 'date': datetime.datetime.now(datetime.timezone.utc).strftime(
+                '%Y-%m-%d %H:%M'), 'git': _git(), 'hardware': _hardware(), 'versions': _versions(),
+            'load': [round(x, 2) for x in load], 'restart': result, 'hashing': hashing, 'vit_b16': vit}
+  write_json(report, f'{out}/restart.json')
+  paths.write_text(f'{out}/restart.md', restart_bench.markdown(report))
+  return report
+
+
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
@@ -944,6 +973,8 @@ def main(argv=None):
     print(json.dumps(pipeline_worker(worker_args)), flush=True)
     return None
   from rsam.training import paths  # pylint: disable=g-import-not-at-top
+  if args.restart:
+    return restart(args, argv)
   if args.render:
     report = paths.read_json(args.render)
     for r in report['step_times'] + ([report['imagenet_step']] if 'imagenet_step' in report else []):

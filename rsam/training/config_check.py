@@ -23,7 +23,8 @@ class NonFiniteError(ConfigError):
 
 # Fields that may change between a run and its resumption (cadence, logging, where data lives).
 BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir')
+               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir',
+               'compilation_cache_dir')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
           'checkpoint_every_steps': int, 'keep_checkpoints': int, 'eval_batch_size': int,

@@ -12,7 +12,8 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, distributed, evaluation, paths, writers
+from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation, paths,
+                           writers)
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -46,6 +47,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
+  compilation_cache.enable(config.get('compilation_cache_dir', ''))  # before anything compiles
   mesh = make_mesh()
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
@@ -58,12 +60,12 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
-  state = run.init_state()
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                     max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    _, state = restored
+  # Restored into the state's shapes and shardings (traced, not compiled): a resume never computes the
+  # initial state only to overwrite it.
+  restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(run.init_state), replicated))
+  state = restored[1] if restored is not None else run.init_state()
   start_step = int(jax.device_get(state['step']))
   if restored is not None:
     print(f'resumed from step {start_step} in {workdir}', flush=True)

@@ -150,6 +150,32 @@ def find(root: PathLike, filename: str) -> List[str]:
   return sorted(out)
 
 
+def files_under(folder: PathLike) -> List[str]:
+  """Relative names ('a/b.bin', '/'-separated) of every file under ``folder``, any depth, sorted."""
+  text = normalize(folder)
+  if is_remote(text):
+    refresh(text)
+    prefix = text.split('://', 1)[1].rstrip('/') + '/'
+    return sorted(f[len(prefix):] for f in _fs(text).find(text) if f.startswith(prefix))
+  out = []
+  for base, _, files in os.walk(text):
+    rel = os.path.relpath(base, text)
+    out += [name if rel == '.' else f'{rel}/{name}'.replace(os.sep, '/') for name in files]
+  return sorted(out)
+
+
+def sha256(p: PathLike, chunk: int = 16 << 20) -> str:
+  """Hex sha256 of a file's bytes, read in ``chunk``-byte pieces (hashlib releases the GIL on each, so
+  threads hash several files at once)."""
+  digest = hashlib.sha256()
+  with path(p).open('rb') as f:
+    while True:
+      block = f.read(chunk)
+      if not block:
+        return digest.hexdigest()
+      digest.update(block)
+
+
 def _skipped(parts: Iterable[str]) -> bool:
   parts = [p for p in parts if p not in ('', '.')]
   if any(p in _SKIP_DIRS for p in parts):
