@@ -40,9 +40,9 @@ def main(argv):
     sys.exit(2)
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError) as e:  # exit codes: README, "Exit codes"
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(e, 'exit_code', 2))
   except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)

@@ -12,7 +12,7 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, distributed, evaluation, paths, writers
+from rsam.training import checkpointing, config_check, distributed, evaluation, lease, paths, writers
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -40,8 +40,19 @@ def hardware() -> dict:
 def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
 
-  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py.
+  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py. The run
+  holds the workdir's lease (rsam/training/lease.py) from before its first write to its end, however it ends.
   """
+  held = []
+  try:
+    return _train_and_evaluate(config, workdir, force_resume, held)
+  finally:
+    for taken in held:
+      if taken is not None:
+        taken.release()
+
+
+def _train_and_evaluate(config, workdir: str, force_resume: bool, held: list) -> dict:
   start_time = time.time()
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
@@ -50,6 +61,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
+  held.append(lease.acquire_for_run(config, workdir, force=force_resume))  # before any write to the workdir
   config_check.check_workdir(config, workdir, force=force_resume)
   # Before anything compiles: a dataset that is not prepared fails here, in seconds, as a DataError.
   eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),
@@ -104,6 +116,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     while step < total_steps:
       local = next(batches)
       batch = data.to_global_batch(local, batch_sharding)
+      lease.check(held[-1])  # taken over by another run (--force_resume): stop before writing anything more
       state, metrics = train_step(state, batch)
       step += 1
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
@@ -134,6 +147,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
 
+  lease.check(held[-1])
   ckpt.save(step, state, force=True)
   ckpt.close()
   eval_results = evaluator.run(state['params'], state['model_state'])
