@@ -17,6 +17,8 @@ import pytest
 
 from rsam.training import lease
 
+pytestmark = pytest.mark.faults
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Waits until a common start time, then takes the lease and holds it (or says it was refused).

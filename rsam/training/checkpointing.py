@@ -130,6 +130,15 @@ class Checkpointer:
     self.manager.close()
 
 
+def close_quietly(ckpt: Checkpointer) -> None:
+  """Closes ``ckpt`` on the way out of a run that failed (a second close is harmless): a failed save raises
+  again here, and the run's own error is the one to report."""
+  try:
+    ckpt.close()
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
 def _brief(e: Exception) -> str:
   """`Type: first line` of an exception, at most 160 characters (tensorstore errors are pages long)."""
   text = str(e).strip().splitlines()[0] if str(e).strip() else ''

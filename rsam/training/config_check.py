@@ -214,7 +214,11 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
     except (OSError, ValueError) as e:
       raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
                         f'this config and continue the run') from None
-    differ = _diff(_identity_from_json(saved), _identity(config))
+    try:
+      differ = _diff(_identity_from_json(saved), _identity(config))
+    except (TypeError, AttributeError, KeyError, ValueError) as e:  # parses, but is not a config's shape
+      raise ConfigError(f'{path} is not a config ({type(e).__name__}: {str(e)[:80]}); pass --force_resume to '
+                        f'rewrite it from this config and continue the run') from None
     if differ:
       raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')

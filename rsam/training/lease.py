@@ -227,6 +227,8 @@ class Lease:
     try:  # a compare-and-swap write, not a delete (the emulator ignores a delete's precondition)
       self._store.replace(json.dumps(dict(self.record, released=time.time())), self._version)
     except Exception as e:  # taken over meanwhile, or the storage failed: never hide the run's own outcome
+      if paths.write_failure_cause(e) is not None:
+        return  # disk full or read-only: the run's error line says so; the next run takes it over (pid gone)
       print(f'warning: could not release the lease {self._store.path} ({paths.brief(e)})', file=sys.stderr,
             flush=True)
 
@@ -272,6 +274,11 @@ def check(lease: Optional[Lease]) -> None:
   """Raises LeaseLost if ``lease`` (None on the processes of a pod but the first) was taken over."""
   if lease is not None:
     lease.check()
+
+
+def release(lease: Optional[Lease]) -> None:
+  if lease is not None:
+    lease.release()
 
 
 def acquire_for_run(config, workdir: str, *, force: bool) -> Optional[Lease]:
