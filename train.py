@@ -40,12 +40,15 @@ def main(argv):
     sys.exit(2)
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError) as e:  # exit codes: README, "Exit codes"
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except Preempted as e:
+    sys.exit(getattr(e, 'exit_code', 2))
+  except Preempted as e:  # SIGTERM or SIGINT: its step is saved
     print(str(e), file=sys.stderr)
-    sys.exit(143)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C before the training loop took over SIGINT: nothing to save yet
+    print('interrupted (SIGINT) before training started; nothing was saved', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

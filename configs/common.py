@@ -40,6 +40,10 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   # or <cache dir>/jax_compilation_cache on this machine (RSAM_CACHE_DIR / XDG_CACHE_HOME); 'off'; a folder.
   c.compilation_cache_dir = ''
   c.nan_policy = 'stop'              # 'stop': one-line error naming the step; 'skip': drop that update
+  c.max_consecutive_skipped_steps = 10  # nan_policy='skip': more non-finite steps in a row stop the run
+  # The workdir's lease (rsam/training/lease.py): another run's lease whose heartbeat is older than this is
+  # taken over (at once if its process on this host is gone, or with --force_resume).
+  c.lease_timeout_s = 300.0
   c.wandb = ml_collections.ConfigDict({
       'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),
       'group': placeholder(str), 'name': placeholder(str),

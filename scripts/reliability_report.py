@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'results', 'reliability.md')
-COMMAND = 'python -m pytest -m faults -q tests/test_faults.py'
+COMMAND = 'python -m pytest -m faults -q tests/test_faults.py tests/test_lease.py'
 
 
 def run_suite(tmp):
@@ -28,6 +28,7 @@ def run_suite(tmp):
   env = dict(os.environ, RSAM_FAULTS_REPORT=report)
   start = time.time()
   proc = subprocess.run([sys.executable, '-m', 'pytest', '-m', 'faults', '-q', 'tests/test_faults.py',
+                         'tests/test_lease.py',
                          f'--junitxml={junit}', '-p', 'no:cacheprovider'], cwd=ROOT, env=env)
   wall = time.time() - start
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -76,7 +77,7 @@ def render(facts, outcomes, timing):
   if kills:
     where = ', '.join(f"after the step-{e.get('signal_after_step')} line (started at {e['started_at_step']})"
                       for e in kills)
-    restarts = [e['started_at_step'] for e in events[2:]]
+    restarts = [e['started_at_step'] for e in events[3:]]  # the starts after each kill
     tmp = sum(e.get('tmp_dirs_at_start', 0) for e in events)
     rows.append(('`kill -9` of `train.py` (checkpoint every step, keep 3)', f'{len(kills)}× — {where}',
                  f'restarts resumed from steps {restarts}; {tmp} interrupted save(s) found at restart and '
@@ -89,6 +90,35 @@ def render(facts, outcomes, timing):
                  f"exit {sigterm.get('rc')}; stderr `{info.get('message', '?')}`; checkpoint of that step "
                  f"on disk; the next start resumed from step {info.get('resumed_from', '?')}",
                  outcome(outcomes, 'test_sigterm')))
+  sigint = chain.get('sigint')
+  if sigint:
+    event = next((e for e in events if e.get('signal') == 'SIGINT'), {})
+    rows.append(('SIGINT (Ctrl-C)', f"1× — after the step-{event.get('signal_after_step')} line",
+                 f"exit {event.get('rc')}; stderr `{sigint['message']}`; the next start resumed from step "
+                 f"{sigint['resumed_from']}", outcome(outcomes, 'test_sigint')))
+  for during, message in facts.get('signal_after_last_step', {}).items():
+    rows.append((f'SIGTERM during the {during} (after the last step)', '1× (a real signal to the process)',
+                 f'the checkpoint of step 12 completes (bit-identical to the reference), then `{message}`, exit '
+                 f'143, no results.json; the same command again evaluates it and ends with the reference eval',
+                 outcome(outcomes, 'test_sigterm_after_the_last_step')))
+  if 'segments' in facts:
+    seg = facts['segments']
+    rows.append(('Crash after logging step 6 (last checkpoint 4), then the same command', '1×',
+                 f"results.json segments: " + '; '.join(f"{s['from_step']}→{s['to_step']} ({s['ended']})"
+                                                        for s in seg['segments'])
+                 + f"; train/loss written {seg['train_loss_writes_per_step']}× per step (redone steps 5–6 not "
+                 'logged again); the kill chain\'s results.json lists its 6 processes',
+                 outcome(outcomes, 'test_resumed_run_records')))
+  for what, message in facts.get('write_failures', {}).items():
+    rows.append((what.capitalize(), '1× in-process run', f'exit code 74, one line: `{message}`; that checkpoint '
+                 'restores bit-identical to the reference; no traceback on stderr',
+                 outcome(outcomes, 'test_disk_full' if 'disk' in what else 'test_read_only')))
+  rows.append(('Two runs on one workdir (lease), locally and on the GCS emulator', 'two holder processes racing '
+               '(same start instant), then `train.py` against the held gs:// lease',
+               'exactly one takes the lease; the other and `train.py` are refused with one line naming the '
+               'owner (exit 75), nothing else written; after SIGKILL of the holder the next run takes over at '
+               'once (its pid is gone); stale heartbeat / --force_resume rules in-process',
+               outcome(outcomes, 'test_two_processes') + ' / ' + outcome(outcomes, 'test_lease_rules')))
   damage = facts.get('damage', {})
   if damage:
     rows.append(('Newest checkpoint damaged (restore through `Checkpointer.restore_latest`)',
@@ -135,6 +165,15 @@ def render(facts, outcomes, timing):
                  f"stops: `{facts['nan_stop']}`; newest checkpoint is step 4, bit-identical to the "
                  f"reference's",
                  outcome(outcomes, 'test_nan_with_policy_stop')))
+  if 'nan_skip_limit' in facts:
+    rows.append(("NaN at every step from 3 on, `nan_policy='skip'`, `max_consecutive_skipped_steps=3`",
+                 '1× (what lr = 1e6 does)', f"stops: `{facts['nan_skip_limit']}`; checkpoint 2 intact",
+                 outcome(outcomes, 'test_nan_skip_stops')))
+  if 'config_json_shape' in facts:
+    rows.append(('config.json that parses but is not a config', f"{len(facts['config_json_shape'])} kinds: "
+                 + ', '.join(f'`{k}`' for k in facts['config_json_shape']),
+                 f"one line, e.g. `{next(iter(facts['config_json_shape'].values()))}`; --force_resume rewrites it",
+                 outcome(outcomes, 'test_config_json_of_the_wrong_shape')))
   if 'nan_skip' in facts:
     rows.append(("Inf and NaN, `nan_policy='skip'`", '2× — +Inf pixel at step 3, NaN pixel at step 7',
                  f"run completes, `results.json` skipped_steps={facts['nan_skip']['skipped_steps']}, a "
@@ -279,8 +318,6 @@ STATIC = '''## Bugs the suite found, and the fixes
 - `config_check.check_workdir` and the `results.json` write use `os`/`open`, so a `gs://` workdir (the
   documented TPU usage) would put config.json and results.json on the local disk of a preemptible VM
   (lost with it; the identity check then never fires); orbax itself writes to GCS.
-- SIGTERM during the final evaluation (after the last checkpoint) ends the process with the default
-  action (exit -15, no message); rerunning resumes at the last step and evaluates again.
 
 ## Measurements
 

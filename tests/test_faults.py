@@ -314,6 +314,9 @@ BAD_CONFIGS = [  # (what, overrides, text the message must contain)
     ('non-finite updater field', {'updater.rho': float('inf')}, ['config.updater.rho', 'finite']),
     ('unknown nan_policy', {'nan_policy': 'ignore'}, ['config.nan_policy', "'skip'"]),
     ('total_steps of the wrong type', {'total_steps': '12'}, ['config.total_steps', 'int']),
+    ('total_steps zero', {'total_steps': 0}, ['config.total_steps=0', '>= 1', 'num_epochs']),
+    ('no limit on skipped steps', {'nan_policy': 'skip', 'max_consecutive_skipped_steps': 0},
+     ['config.max_consecutive_skipped_steps', '>= 1']),
 ]
 
 
@@ -395,6 +398,24 @@ def test_start_that_failed_before_any_checkpoint_does_not_lock_the_workdir(tmp_p
   assert '\n' not in message and 'config.json' in message and '--force_resume' in message, message
   REPORT['late_failure'] = {'first_error': 'DataError: CIFAR-10 not prepared (config.json written)',
                             'corrected_config': 'accepted', 'half_written_config_json': message}
+
+
+@pytest.mark.parametrize('saved', ['[1, 2]', '{"seed": 0, "data": "digits"}', '"a string"'])
+def test_config_json_of_the_wrong_shape_is_one_line(saved, tmp_path):
+  """A config.json that parses but is not a config (a list, a field of the wrong type): one line naming the
+  file and --force_resume, which rewrites it."""
+  from rsam.errors import ConfigError
+  from rsam.training import config_check
+  os.makedirs(tmp_path / 'work' / 'checkpoints' / '4')
+  (tmp_path / 'work' / 'config.json').write_text(saved)
+  with pytest.raises(ConfigError) as info:
+    config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)
+  message = str(info.value)
+  assert '\n' not in message and 'config.json' in message and '--force_resume' in message, message
+  config_check.check_workdir(_config(), str(tmp_path / 'work'), force=True)
+  with open(tmp_path / 'work' / 'config.json') as f:
+    assert json.load(f)['data']['name'] == 'digits'
+  REPORT.setdefault('config_json_shape', {})[saved] = message
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -700,6 +721,195 @@ def test_nan_and_inf_with_policy_skip_drop_those_steps(tmp_path, monkeypatch, ca
   REPORT['nan_skip'] = {'skipped_steps': results['skipped_steps'], 'eval': results['eval']}
 
 
+def test_nan_skip_stops_after_too_many_non_finite_steps_in_a_row(reference, tmp_path, monkeypatch):
+  """lr = 1e6 makes every step non-finite: with nan_policy='skip' the run used to skip them all and report
+  chance accuracy. Here steps 3-12 are non-finite; the limit (3) stops it at step 5, as 'stop' would."""
+  from rsam.training import config_check
+  _inject(monkeypatch, {s: np.nan for s in range(3, TOTAL_STEPS + 1)})
+  with pytest.raises(config_check.NonFiniteError) as info:
+    _train(_config(nan_policy='skip', max_consecutive_skipped_steps=3, checkpoint_every_steps=2),
+           tmp_path / 'skip')
+  message = str(info.value)
+  assert '\n' not in message and '3 non-finite steps in a row (steps 3-5' in message, message
+  assert not (tmp_path / 'skip' / 'results.json').exists()
+  _assert_states_equal(_state(tmp_path / 'skip', 2), _state(reference['workdir'], 2))
+  REPORT['nan_skip_limit'] = message
+
+
+def _train_scalar_counts(workdir):
+  """{(step, tag): how many times it was written} over every events file, for train/loss."""
+  import tensorflow as tf
+  counts = {}
+  for path in sorted(glob.glob(os.path.join(str(workdir), 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.tag == 'train/loss':
+          counts[event.step] = counts.get(event.step, 0) + 1
+  return counts
+
+
+def test_resumed_run_records_every_segment_and_logs_redone_steps_once(reference, tmp_path, monkeypatch):
+  """A process that dies after logging step 6 (its last checkpoint: 4), then the same command: steps 5 and 6
+  run twice but are on the dashboard once; results.json lists both segments and their total wall time."""
+  from rsam.training import loop
+  real = loop.data.make_train_iterator
+
+  def crashing(*args, start_step=0, **kwargs):
+    for index, batch in enumerate(real(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if index == 7:
+        raise RuntimeError('simulated crash')
+      yield batch
+  workdir = tmp_path / 'run'
+  config = _config(checkpoint_every_steps=4, log_every_steps=1)
+  with monkeypatch.context() as m:
+    m.setattr(loop.data, 'make_train_iterator', crashing)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+      _train(config, workdir)
+  results = _train(config, workdir)
+  first, second = results['segments']
+  assert (first['from_step'], first['to_step'], first['ended']) == (0, 6, 'running'), first
+  assert (second['from_step'], second['to_step'], second['ended']) == (4, TOTAL_STEPS, 'finished'), second
+  for segment in (first, second):
+    assert segment['wall_time_s'] > 0 and segment['hardware']['num_devices'] == len(jax.devices())
+  assert results['total_wall_time_s'] == pytest.approx(first['wall_time_s'] + second['wall_time_s'], abs=0.01)
+  counts = _train_scalar_counts(workdir)
+  assert counts == {step: 1 for step in range(1, TOTAL_STEPS + 1)}, counts
+  assert results['eval'] == reference['results']['eval']
+  REPORT['segments'] = {'segments': [{k: v for k, v in s.items() if k != 'hardware'} for s in results['segments']],
+                        'train_loss_writes_per_step': sorted(set(counts.values()))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Signals after the last step: during the final checkpoint and during the final evaluation (real signals sent
+# to this process; the test's own SIGTERM handler catches any that the run does not)
+
+
+@pytest.fixture
+def sigterm_guard():
+  caught = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
+  yield caught
+  signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_on_first_call(monkeypatch, owner, name):
+  real = getattr(owner, name)
+  sent = []
+
+  def wrapper(*args, **kwargs):
+    if not sent:
+      sent.append(1)
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.1)  # the handler runs here, in this thread, at the next bytecode
+    return real(*args, **kwargs)
+  monkeypatch.setattr(owner, name, wrapper)
+
+
+@pytest.mark.parametrize('during', ['final checkpoint', 'final evaluation'])
+def test_sigterm_after_the_last_step_completes_the_checkpoint_and_stops(during, reference, tmp_path, monkeypatch,
+                                                                        sigterm_guard, capsys):
+  from rsam.training import checkpointing, evaluation, loop
+  if during == 'final checkpoint':  # the first close of the run is the final checkpoint's
+    _sigterm_on_first_call(monkeypatch, checkpointing.Checkpointer, 'close')
+  else:
+    _sigterm_on_first_call(monkeypatch, evaluation.Evaluator, 'run')
+  workdir = tmp_path / 'run'
+  with pytest.raises(loop.Preempted) as info:
+    _train(_config(), workdir)
+  message = str(info.value)
+  assert info.value.exit_code == 143 and '\n' not in message, message
+  assert message.startswith('SIGTERM after the last step (12)') and 'rerun' in message, message
+  assert not sigterm_guard and not (workdir / 'results.json').exists()
+  assert not glob.glob(str(workdir / 'checkpoints' / '*tmp*'))
+  _assert_states_equal(_state(workdir, TOTAL_STEPS), reference['state'])  # whole, and the right one
+  monkeypatch.undo()
+  capsys.readouterr()
+  results = _train(_config(), workdir)  # the same command again: evaluates the final checkpoint
+  assert f'resumed from step {TOTAL_STEPS}' in capsys.readouterr().out
+  assert results['eval'] == reference['results']['eval']
+  REPORT.setdefault('signal_after_last_step', {})[during] = message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Disk full, a read-only checkpoint folder: one line naming the path and the cause, the last good checkpoint
+# intact, exit code 74. A real small tmpfs and a read-only bind mount when root; chmod otherwise.
+
+
+def _mount(*args):
+  subprocess.run(['mount', *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MB tmpfs (one checkpoint of _config() is about 1 MB), unmounted afterwards."""
+  if os.geteuid() != 0:
+    pytest.skip('a small tmpfs needs root (mount); the read-only case runs without it')
+  folder = tmp_path / 'small_disk'
+  folder.mkdir()
+  try:
+    _mount('-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(folder))
+  except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    pytest.skip(f'cannot mount a tmpfs here: {e}')
+  yield folder
+  subprocess.run(['umount', '-l', str(folder)], check=False)
+
+
+def _write_failure(config, workdir, capfd):
+  from rsam.training import paths
+  with pytest.raises(paths.WriteFailed) as info:
+    _train(config, workdir)
+  message = str(info.value)
+  assert info.value.exit_code == 74 and '\n' not in message, message
+  assert 'Traceback' not in capfd.readouterr().err
+  return message
+
+
+def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(reference, small_disk, capfd):
+  workdir = small_disk / 'run'
+  message = _write_failure(_config(checkpoint_every_steps=4), workdir, capfd)
+  steps = _steps(workdir)
+  assert steps and f'no space left on the device; the newest checkpoint, step {max(steps)}' in message, message
+  assert f'cannot write {workdir}' in message, message
+  _assert_states_equal(_state(workdir, max(steps)), _state(reference['workdir'], max(steps)))
+  REPORT.setdefault('write_failures', {})['disk full (2 MB tmpfs)'] = message
+
+
+def test_read_only_checkpoint_folder_is_one_line_and_keeps_the_last_checkpoint(reference, tmp_path, monkeypatch,
+                                                                               capfd):
+  """The checkpoint folder becomes read-only after step 5 (a read-only bind mount as root; chmod 555
+  otherwise): the save of step 8 fails, checkpoint 4 stays."""
+  from rsam.training import loop
+  workdir = tmp_path / 'run'
+  folder = workdir / 'checkpoints'
+  real = loop.data.make_train_iterator
+  how = []
+
+  def make_train_iterator(*args, start_step=0, **kwargs):
+    for index, batch in enumerate(real(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if index == 6:
+        if os.geteuid() == 0:
+          _mount('--bind', str(folder), str(folder))
+          how.append('read-only bind mount')
+          _mount('-o', 'remount,bind,ro', str(folder))
+        else:
+          os.chmod(folder, 0o555)
+          how.append('chmod 555')
+      yield batch
+  monkeypatch.setattr(loop.data, 'make_train_iterator', make_train_iterator)
+  try:
+    message = _write_failure(_config(checkpoint_every_steps=4), workdir, capfd)
+  finally:
+    if how and how[0] == 'read-only bind mount':
+      subprocess.run(['umount', str(folder)], check=False)
+    elif how:
+      os.chmod(folder, 0o755)
+  cause = 'read-only file system' if how[0] == 'read-only bind mount' else 'permission denied'
+  assert f'cannot write {folder}: {cause}; the newest checkpoint, step 4' in message, message
+  assert max(_steps(workdir)) == 4
+  _assert_states_equal(_state(workdir, 4), _state(reference['workdir'], 4))
+  REPORT.setdefault('write_failures', {})[f'checkpoint folder made unwritable ({how[0]})'] = message
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Processes: SIGTERM (preemption) and kill -9 at random steps, then the command line
 
@@ -782,7 +992,7 @@ def _run_kill_chain(cache_dir, reference, base):
   workdir = base / 'work'
   args = ['--config', str(config_file), '--workdir', str(workdir)]
   events = []
-  for i, sig in enumerate([signal.SIGTERM] + [signal.SIGKILL] * 3 + [None]):
+  for i, sig in enumerate([signal.SIGTERM, signal.SIGINT] + [signal.SIGKILL] * 3 + [None]):
     interrupted_saves = len(glob.glob(str(workdir / 'checkpoints' / '*tmp*')))
     proc = _Process(args, cache_dir, str(base), f'p{i}')
     start = proc.resumed_from()
@@ -790,12 +1000,12 @@ def _run_kill_chain(cache_dir, reference, base):
     event = {'signal': sig and sig.name, 'started_at_step': start, 'tmp_dirs_at_start': interrupted_saves}
     if sig is None:
       event['rc'] = proc.wait()
-    else:  # SIGTERM at step 2-3; each kill 1-2 steps after the step the process resumed from
+    else:  # SIGTERM at step 2-3; SIGINT and each kill 1-2 steps after the step the process resumed from
       target = rng.randint(2, 3) if sig == signal.SIGTERM else min(start + rng.randint(1, 2), TOTAL_STEPS - 1)
       event['rc'], event['signal_after_step'] = proc.until_step(target, sig, rng.uniform(0, 0.15))
     event.update(checkpoints_after=_steps(workdir), seconds=proc.seconds, cpu_s=proc.cpu_s,
                  stderr=[line for line in proc.stderr.splitlines()
-                         if 'SIGTERM at step' in line or line.startswith('error') or 'Traceback' in line])
+                         if ' at step ' in line or line.startswith('error') or 'Traceback' in line])
     events.append(event)
   REPORT['kill_chain'] = {'events': events}
   return {'workdir': workdir, 'events': events}
@@ -818,6 +1028,18 @@ def test_sigterm_writes_a_checkpoint_of_the_current_step_and_exits_143(kill_chai
   REPORT['kill_chain']['sigterm'] = {'message': lines[0], 'resumed_from': step}
 
 
+def test_sigint_writes_a_checkpoint_of_the_current_step_and_exits_130(kill_chain):
+  """Ctrl-C: handled as SIGTERM is (it used to print a traceback and save nothing)."""
+  first, second, third = kill_chain['events'][:3]
+  assert second['signal'] == 'SIGINT' and second['rc'] == 130, second
+  lines = [line for line in second['stderr'] if 'SIGINT at step' in line]
+  assert len(lines) == 1 and 'rerun' in lines[0] and not any('Traceback' in x for x in second['stderr']), second
+  step = int(lines[0].split('SIGINT at step ')[1].split(':')[0])
+  assert first['rc'] == 143 and step >= second['signal_after_step']
+  assert max(second['checkpoints_after']) == step and third['started_at_step'] == step
+  REPORT['kill_chain']['sigint'] = {'message': lines[0], 'resumed_from': step}
+
+
 def test_kill_9_at_random_steps_then_restart_ends_bit_identical(kill_chain, reference):
   kills = [e for e in kill_chain['events'] if e['signal'] == 'SIGKILL']
   assert len(kills) == 3
@@ -828,6 +1050,12 @@ def test_kill_9_at_random_steps_then_restart_ends_bit_identical(kill_chain, refe
   with open(kill_chain['workdir'] / 'results.json') as f:
     results = json.load(f)
   assert results['eval'] == reference['results']['eval']
+  # Every process of the chain is a segment of results.json, in order, each starting where the last stopped.
+  assert [s['ended'] for s in results['segments']] == ['SIGTERM', 'SIGINT'] + ['running'] * 3 + ['finished']
+  assert [s['from_step'] for s in results['segments']] == [e['started_at_step'] for e in kill_chain['events']]
+  # No step missing from the dashboard (a kill between a step's flush and its segment update may leave one
+  # step written twice; the in-process test above checks the redone steps exactly).
+  assert sorted(_train_scalar_counts(kill_chain['workdir'])) == list(range(1, TOTAL_STEPS + 1))
   leaves = _assert_states_equal(_state(kill_chain['workdir'], TOTAL_STEPS), reference['state'])
   assert not glob.glob(str(kill_chain['workdir'] / 'checkpoints' / '*tmp*'))
   REPORT['kill_chain']['state_leaves_bit_identical'] = leaves

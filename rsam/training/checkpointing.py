@@ -265,6 +265,15 @@ def _hash_files(folder, names) -> dict:
     return dict(zip(names, pool.map(lambda n: paths.sha256(folder / n), names)))
 
 
+def close_quietly(ckpt: Checkpointer) -> None:
+  """Closes ``ckpt`` on the way out of a run that failed (a second close is harmless): a failed save raises
+  again here, and the run's own error is the one to report."""
+  try:
+    ckpt.close()
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
 def _brief(e: Exception) -> str:
   """`Type: first line` of an exception, at most 160 characters (tensorstore errors are pages long)."""
   text = str(e).strip().splitlines()[0] if str(e).strip() else ''

@@ -24,7 +24,7 @@ class NonFiniteError(ConfigError):
 # Fields that may change between a run and its resumption (cadence, logging, where data lives).
 BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir',
-               'compilation_cache_dir')
+               'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
           'checkpoint_every_steps': int, 'keep_checkpoints': int, 'eval_batch_size': int,
@@ -53,6 +53,13 @@ def validate(config) -> None:
     raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if config.nan_policy not in ('stop', 'skip'):
     raise ConfigError(f"config.nan_policy={config.nan_policy!r}; use 'stop' or 'skip'")
+  limit = config.get('max_consecutive_skipped_steps', 10)
+  if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    raise ConfigError(f'config.max_consecutive_skipped_steps={limit!r} must be an int >= 1 (non-finite steps '
+                      f"in a row that nan_policy='skip' drops before the run stops)")
+  if not _number(config.get('lease_timeout_s', 300.0), low=0, low_open=True):
+    raise ConfigError(f'config.lease_timeout_s={config.get("lease_timeout_s")!r} must be a number of seconds '
+                      f'> 0')
   if config.model.name not in models.MODEL_NAMES:
     raise ConfigError(f"unknown model '{config.model.name}' (config.model.name); choose one of: "
                       f"{', '.join(models.MODEL_NAMES)}")
@@ -99,6 +106,8 @@ def _check_types(config) -> None:
   steps = config.get('total_steps')
   if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)):
     raise ConfigError(f'config.total_steps={steps!r} must be an int (or None to use config.num_epochs)')
+  if steps is not None and steps < 1:  # 0 would silently mean "use num_epochs"
+    raise ConfigError(f'config.total_steps={steps} must be >= 1, or None to train for config.num_epochs')
   if not steps and not _number(config.get('num_epochs'), low=0):
     raise ConfigError(f'config.num_epochs={config.get("num_epochs")!r} must be a number > 0 (or set '
                       f'config.total_steps)')
@@ -205,7 +214,11 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
     except (OSError, ValueError) as e:
       raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
                         f'this config and continue the run') from None
-    differ = _diff(_identity_from_json(saved), _identity(config))
+    try:
+      differ = _diff(_identity_from_json(saved), _identity(config))
+    except (TypeError, AttributeError, KeyError, ValueError) as e:  # parses, but is not a config's shape
+      raise ConfigError(f'{path} is not a config ({type(e).__name__}: {str(e)[:80]}); pass --force_resume to '
+                        f'rewrite it from this config and continue the run') from None
     if differ:
       raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')

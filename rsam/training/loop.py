@@ -1,8 +1,8 @@
 """The training loop behind ``train.py``: ``train_and_evaluate(config, workdir)``."""
+import contextlib
 import json
 import os
 import platform
-import signal
 import time
 
 import jax
@@ -12,23 +12,12 @@ from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation, paths,
-                           writers)
+from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation,
+                           interrupts, lease, paths, segments, writers)
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
-class Preempted(Exception):
-  """SIGTERM arrived (TPU preemption); a checkpoint of the current step was written."""
-
-
-def _install_sigterm_flag():
-  received = {'sigterm': False}
-
-  def handler(signum, frame):
-    del signum, frame
-    received['sigterm'] = True
-  previous = signal.signal(signal.SIGTERM, handler)
-  return received, previous
+Preempted = interrupts.Preempted  # SIGTERM or SIGINT stopped the run after saving its step
 
 
 def hardware() -> dict:
@@ -41,8 +30,22 @@ def hardware() -> dict:
 def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
 
-  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py.
+  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py. The run
+  holds the workdir's lease (rsam/training/lease.py) from before its first write to its end, however it ends.
+  A write that fails for lack of space or permission is one ``paths.WriteFailed`` line (exit code 74).
   """
+  paths.quiet_write_failures()  # orbax's save threads would log pages of traceback for such a failure
+  try:
+    with contextlib.ExitStack() as cleanup:  # the lease and the checkpointer, however the run ends
+      return _train_and_evaluate(config, workdir, force_resume, cleanup)
+  except Exception as e:  # pylint: disable=broad-except
+    failed = paths.write_failure(e, workdir)
+    if failed is None:
+      raise
+    raise failed from None
+
+
+def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: contextlib.ExitStack) -> dict:
   start_time = time.time()
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
@@ -52,6 +55,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
+  held = lease.acquire_for_run(config, workdir, force=force_resume)  # before any write to the workdir
+  cleanup.callback(lease.release, held)
   config_check.check_workdir(config, workdir, force=force_resume)
   # Before anything compiles: a dataset that is not prepared fails here, in seconds, as a DataError.
   eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),
@@ -62,6 +67,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   batch_sharding = NamedSharding(mesh, P('data'))
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                     max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
+  cleanup.callback(checkpointing.close_quietly, ckpt)  # after a failed save, too
   # Restored into the state's shapes and shardings (traced, not compiled): a resume never computes the
   # initial state only to overwrite it.
   restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(run.init_state), replicated))
@@ -77,26 +83,39 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   batches = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                      seed=config.seed, start_step=start_step)
 
-  writer = writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir))
+  # This process's segment of the run; its writer drops the metrics of steps an earlier segment logged.
+  segment = segments.Segments(workdir, start_step, hardware(), write=jax.process_index() == 0)
+  writer = segment.wrap(writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir)))
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps, every_secs=None)
-  sigterm, previous_handler = _install_sigterm_flag()
+  signals = interrupts.Interrupts()
 
   window, window_steps, window_start = None, 0, time.time()
   pending = None
   skipped = []
+  in_a_row = []  # the non-finite steps since the last finite one
 
   def check_finite(step_metrics):  # (step, metrics) of a step already dispatched, or None
     if step_metrics is None or bool(step_metrics[1]['finite']):
+      if step_metrics is not None:
+        in_a_row.clear()
       return
     if config.nan_policy == 'stop':
       ckpt.close()  # saves already started complete: the last good checkpoint is whole
       _stop_non_finite(*step_metrics)
     skipped.append(step_metrics[0])
+    in_a_row.append(step_metrics[0])
     print(f'warning: skipped step {step_metrics[0]}: non-finite {_non_finite_what(step_metrics[1])}; '
           f'its update was dropped (config.nan_policy=skip)', flush=True)
+    limit = config.get('max_consecutive_skipped_steps', 10)
+    if len(in_a_row) >= limit:  # the state no longer changes: stop as 'stop' does
+      ckpt.close()
+      raise config_check.NonFiniteError(
+          f'{len(in_a_row)} non-finite steps in a row (steps {in_a_row[0]}-{in_a_row[-1]}; '
+          f'config.max_consecutive_skipped_steps={limit}): stopped; the last checkpoint is intact; lower the '
+          f'learning rate')
 
   eval_results = {}
   step = start_step
@@ -106,6 +125,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     while step < total_steps:
       local = next(batches)
       batch = data.to_global_batch(local, batch_sharding)
+      lease.check(held)  # taken over by another run (--force_resume): stop before writing anything more
       state, metrics = train_step(state, batch)
       step += 1
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
@@ -118,38 +138,54 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
       pending = (step, metrics)
       if config.nan_policy == 'stop' and ckpt.due(step):
         check_finite(pending)
+      if ckpt.due(step):
+        paths.probe_writable(ckpt.directory)  # a read-only or unwritable folder: one line, not a hung save
       ckpt.save(step, state)
       if step % config.log_every_steps == 0 or step == total_steps:
         _log(writer, step, total_steps, window, window_steps, time.time() - window_start, schedule,
              config, num_devices, start_time)
         window, window_steps, window_start = None, 0, time.time()
+        segment.update(step, logged=True)
       if config.eval_every_steps and (step % config.eval_every_steps == 0) and step < total_steps:
         eval_results = evaluator.run(state['params'], state['model_state'])
         _write_eval(writer, step, eval_results)
-      if sigterm['sigterm']:
+      if signals.received:
         check_finite(pending)
         ckpt.save(step, state, force=True)
         ckpt.close()
-        raise Preempted(f'SIGTERM at step {step}: checkpoint written to {ckpt.directory}; rerun the '
-                        f'same command to resume')
+        writer.flush()
+        segment.update(step, ended=signals.received.name)
+        raise signals.stop(f'at step {step}: checkpoint written to {ckpt.directory}; rerun the same command '
+                           f'to resume')
     check_finite(pending)
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
 
-  ckpt.save(step, state, force=True)
-  ckpt.close()
-  eval_results = evaluator.run(state['params'], state['model_state'])
-  _write_eval(writer, step, eval_results)
-  writer.flush()
-  results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
-             'eval': eval_results, 'wall_time_s': time.time() - start_time,
-             'hardware': hardware(), 'skipped_steps': skipped}
-  results_path = paths.path(workdir) / 'results.json'
-  if jax.process_index() == 0:  # written whole or not at all: a kill here must not leave half a file
-    paths.write_json(results_path, results)
-  writer.close()
-  print(f'done: {json.dumps(eval_results)}; results in {results_path}', flush=True)
-  return results
+    # After the last step the handlers stay: the final checkpoint completes whatever comes; then a signal
+    # stops the run before (or during) the final evaluation, which a rerun does from that checkpoint.
+    lease.check(held)
+    paths.probe_writable(ckpt.directory)
+    ckpt.save(step, state, force=True)
+    ckpt.close()
+    evaluate_later = (f'after the last step ({step}): the final checkpoint is in {ckpt.directory}; rerun the '
+                      f'same command to evaluate it')
+    if signals.received:
+      raise signals.stop(evaluate_later)
+    with signals.raising(evaluate_later):
+      eval_results = evaluator.run(state['params'], state['model_state'])
+    _write_eval(writer, step, eval_results)
+    writer.flush()
+    segment.update(step, ended='finished')
+    # wall_time_s and hardware: this process; segments and total_wall_time_s: every process of the run.
+    results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
+               'eval': eval_results, 'wall_time_s': time.time() - start_time,
+               'hardware': hardware(), 'skipped_steps': skipped, **segment.summary()}
+    results_path = paths.path(workdir) / 'results.json'
+    if jax.process_index() == 0:  # written whole or not at all: a kill here must not leave half a file
+      paths.write_json(results_path, results)
+    writer.close()
+    print(f'done: {json.dumps(eval_results)}; results in {results_path}', flush=True)
+    return results
+  finally:
+    signals.restore()
 
 
 def _non_finite_what(metrics) -> str:

@@ -16,10 +16,13 @@ rsam/training/writers.py copies the files to the workdir through this layer.
 Writes are whole or absent: a local file is written beside its target and renamed over it; a GCS object
 appears only once its upload completes.
 """
+import errno
 import hashlib
 import json
 import os
 import logging
+import re
+import warnings
 from typing import Any, Iterable, List, Union
 
 os.environ['EPATH_USE_TF'] = 'false'  # before etils decides (it caches the choice at the first gs:// use)
@@ -227,3 +230,99 @@ def check_writable(workdir: PathLike, *, what: str = '--workdir') -> None:
 def brief(e: BaseException) -> str:
   text = (getattr(e, 'strerror', None) or str(e) or type(e).__name__).strip().splitlines()
   return text[0][:160] if text else type(e).__name__
+
+
+class WriteFailed(StorageError):
+  """A write failed during the run (disk full, read-only file system, permissions): exit code 74."""
+  exit_code = 74  # sysexits.h EX_IOERR
+
+
+# The causes, as errno and as the text that tensorstore (orbax's array writer) and gcsfs put in messages.
+_CAUSES = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+           errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
+           errno.EPERM: 'operation not permitted'}
+_CAUSE_TEXTS = [(f"[os_error_code='{code}']", cause) for code, cause in _CAUSES.items()] + [
+    (os.strerror(code), cause) for code, cause in _CAUSES.items()] + [
+    ('PERMISSION_DENIED', 'permission denied'), ('403 Forbidden', 'permission denied')]
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def write_failure_cause(e: BaseException):
+  """(cause, path or None) if ``e`` (or an exception it came from) is a failed write for lack of space or
+  permission; None for anything else (an out-of-memory RESOURCE_EXHAUSTED is not one)."""
+  for link in _chain(e):
+    if isinstance(link, OSError) and link.errno in _CAUSES:
+      return _CAUSES[link.errno], link.filename
+    text = str(link)
+    for needle, cause in _CAUSE_TEXTS:
+      if needle in text:
+        quoted = re.findall(r'"((?:/|gs://)[^"]+)"', text)
+        return cause, (quoted[-1] if quoted else None)
+  return None
+
+
+def write_failure(e: BaseException, workdir: PathLike):
+  """The one-line WriteFailed for ``e`` if it is a failed write (see write_failure_cause), else None. It
+  names the file or checkpoint that could not be written, the cause and the newest checkpoint, which a
+  failed write never touches (orbax writes a checkpoint into a temporary folder and renames it when whole)."""
+  found = write_failure_cause(e)
+  if found is None:
+    return None
+  _FAILED_WRITE.append(True)
+  # The coroutines of the failed save that orbax never awaited: Python warns about each at exit.
+  warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
+  cause, where = found
+  where = where or normalize(workdir)
+  checkpoint = re.match(r'(.*/checkpoints/[^/]+)', where)  # the checkpoint's folder, not a file deep inside it
+  where = checkpoint.group(1) if checkpoint else where
+  directory = path(normalize(workdir)) / 'checkpoints'
+  try:
+    steps = [int(n) for n in listdir(directory) if n.isdigit()]
+  except Exception:  # the folder cannot be listed either: say nothing about it
+    steps = None
+  kept = (f'the newest checkpoint, step {max(steps)} in {directory}, is intact' if steps else
+          'no checkpoint was written yet' if steps is not None else f'nothing in {directory} was changed')
+  return WriteFailed(f'cannot write {where}: {cause}; {kept}; free space or make it writable, then rerun the '
+                     f'same command to resume')
+
+
+def probe_writable(folder: PathLike) -> None:
+  """Writes and deletes a small file in ``folder``; an OSError naming the folder if that fails. Run before a
+  checkpoint save: a folder that became read-only fails here, not inside orbax's save threads (which then
+  wait minutes for a folder that was never created before they give up)."""
+  probe = path(folder) / f'.rsam_write_probe_{os.getpid()}'
+  try:
+    makedirs(folder)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise OSError(e.errno, e.strerror or str(e), os.fspath(folder)) from None
+
+
+_FAILED_WRITE = []  # set once a failed write was reported: what orbax's save threads log after it is noise
+
+
+class _QuietWriteFailures(logging.Filter):
+  """Drops the tracebacks that orbax's save threads log for a failed write, and, once one was reported,
+  whatever those threads log while they give up (timeouts waiting for the folder that was never created):
+  the run reports the failure in one line."""
+
+  def filter(self, record):
+    if record.exc_info and record.exc_info[1] is not None and write_failure_cause(record.exc_info[1]):
+      return False
+    return not (_FAILED_WRITE and record.levelno >= logging.ERROR and
+                ('_SignalingThread' in str(record.msg) or 'background save thread' in str(record.msg)))
+
+
+def quiet_write_failures() -> None:
+  """Installs the filter on absl's logger (orbax logs through absl), once."""
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _QuietWriteFailures) for f in logger.filters):
+    logger.addFilter(_QuietWriteFailures())

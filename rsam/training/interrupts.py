@@ -1,0 +1,57 @@
+"""SIGTERM (a TPU preemption) and SIGINT (Ctrl-C) during training: finish the step, save it, one line, exit.
+
+While the loop runs, a signal only sets a flag: the loop saves the step it is at and stops
+(``Preempted``; train.py exits 143 for SIGTERM, 130 for SIGINT, the shell's 128 + signal number). After the
+last step the handlers stay: a signal during the final checkpoint lets it complete (never half-written)
+and then stops; one during the final evaluation, which writes nothing, stops it at once
+(``raising``). Rerunning the same command resumes from the checkpoint; after the last step it only
+evaluates.
+"""
+import contextlib
+import signal
+
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class Preempted(Exception):
+  """A signal stopped the run after its checkpoint was written; ``exit_code`` is 128 + the signal number."""
+
+  def __init__(self, message: str, exit_code: int = 143):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class Interrupts:
+  """Handlers for SIGTERM and SIGINT until ``restore()``; ``received`` is the first signal that came."""
+
+  def __init__(self):
+    self.received = None
+    self._raise_with = None
+    self._previous = {s: signal.signal(s, self._handler) for s in EXIT_CODES}
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.received is None:
+      self.received = signal.Signals(signum)
+    if self._raise_with is not None:
+      what, self._raise_with = self._raise_with, None
+      raise self.stop(what)
+
+  def stop(self, what: str) -> Preempted:
+    """The exception that ends the run: '<SIGNAL> <what>'."""
+    return Preempted(f'{self.received.name} {what}', EXIT_CODES[self.received])
+
+  @contextlib.contextmanager
+  def raising(self, what: str):
+    """Inside: a signal (or one that already came) raises ``stop(what)`` at once; for work that writes nothing."""
+    if self.received is not None:
+      raise self.stop(what)
+    self._raise_with = what
+    try:
+      yield
+    finally:
+      self._raise_with = None
+
+  def restore(self) -> None:
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)

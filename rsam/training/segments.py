@@ -1,0 +1,110 @@
+"""The segments of a run: one per process that trained in the workdir (a run resumed after preemptions or
+kills has several), kept in ``<workdir>/segments.json`` and copied into results.json with their total.
+
+Each segment: ``from_step`` (where the process started: 0 or the checkpoint it resumed from), ``to_step``
+(the last step it is known to have reached), ``wall_time_s``, ``start_time`` (unix), ``hardware`` (platform,
+device kind, device and process counts), ``ended`` ('finished', 'SIGTERM', 'SIGINT', or 'running' for a
+process that was killed or failed) and ``logged_to`` (the last step whose metrics it wrote). The file is
+rewritten at every logged step, so a killed process leaves its segment up to its last log line.
+
+Redone steps: a process killed after logging step k but before its checkpoint of k is resumed from an
+earlier checkpoint c, and steps c+1..k run again (bit for bit the same). Their metrics are not written
+again: the resumed process's metric writer drops scalars at steps <= the largest ``logged_to`` of the
+segments before it, so TensorBoard and wandb show each step once. ``logged_to`` is recorded only where the
+metrics reach the workdir when they are flushed (a local workdir); on gs:// TensorBoard's events are copied
+at most every minute (rsam/training/writers.py), so there a killed run's redone steps are written again
+(the same values) rather than risk a gap.
+"""
+import time
+from typing import Any, Mapping
+
+from clu.metric_writers import interface
+
+from rsam.training import paths
+
+NAME = 'segments.json'
+
+
+class Segments:
+  def __init__(self, workdir: str, start_step: int, hardware: dict, *, write: bool = True):
+    """``write``: False on the processes of a pod but the first (they only keep count)."""
+    self.path = paths.path(workdir) / NAME
+    self.remote = paths.is_remote(workdir)
+    self.write = write
+    self.earlier = self._read()
+    # Only a resumed run skips steps: a fresh start (step 0) may follow a different config's failed start.
+    self.skip_to = max((s.get('logged_to') or 0 for s in self.earlier), default=0) if start_step else 0
+    self.start = time.time()
+    self.current = {'from_step': start_step, 'to_step': start_step, 'wall_time_s': 0.0,
+                    'start_time': self.start, 'hardware': hardware, 'ended': 'running', 'logged_to': None}
+    self._save()
+
+  def _read(self) -> list:
+    try:
+      earlier = paths.read_json(self.path)
+    except (OSError, ValueError):  # none yet (or unreadable: start a new list rather than fail the run)
+      return []
+    return [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
+
+  def _save(self) -> None:
+    if self.write:
+      paths.write_json(self.path, self.earlier + [self.current])
+
+  def update(self, step: int, *, logged: bool = False, ended: str = None) -> None:
+    """Records that this process reached ``step`` (and wrote its metrics when ``logged``), or ended."""
+    self.current['to_step'] = step
+    self.current['wall_time_s'] = round(time.time() - self.start, 3)
+    if logged and not self.remote:
+      self.current['logged_to'] = step
+    if ended:
+      self.current['ended'] = ended
+      self.current['logged_to'] = step  # the writer is flushed (or closed) by then
+    self._save()
+
+  def summary(self) -> dict:
+    """For results.json: every segment and the total wall time."""
+    segments = self.earlier + [self.current]
+    return {'segments': segments, 'num_segments': len(segments),
+            'total_wall_time_s': round(sum(s.get('wall_time_s') or 0 for s in segments), 3)}
+
+  def wrap(self, writer: interface.MetricWriter) -> interface.MetricWriter:
+    """``writer`` without the scalars of redone steps (none on a fresh start)."""
+    return _SkipRedone(writer, self.skip_to) if self.skip_to else writer
+
+
+class _SkipRedone(interface.MetricWriter):
+  """Forwards to ``inner``, dropping scalars at steps <= ``skip_to`` (already written by an earlier segment)."""
+
+  def __init__(self, inner: interface.MetricWriter, skip_to: int):
+    self.inner, self.skip_to = inner, skip_to
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    if step > self.skip_to:
+      self.inner.write_scalars(step, scalars)
+
+  def write_texts(self, step, texts):
+    self.inner.write_texts(step, texts)
+
+  def write_images(self, step, images):
+    self.inner.write_images(step, images)
+
+  def write_hparams(self, hparams):
+    self.inner.write_hparams(hparams)
+
+  def write_summaries(self, step, values, metadata=None):
+    self.inner.write_summaries(step, values, metadata)
+
+  def write_videos(self, step, videos):
+    self.inner.write_videos(step, videos)
+
+  def write_audios(self, step, audios, *, sample_rate):
+    self.inner.write_audios(step, audios, sample_rate=sample_rate)
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    self.inner.write_histograms(step, arrays, num_buckets)
+
+  def flush(self):
+    self.inner.flush()
+
+  def close(self):
+    self.inner.close()
