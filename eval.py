@@ -6,6 +6,7 @@ r"""Evaluates a checkpoint of a train.py run on the config's eval sets (or those
 Writes ``<workdir>/eval_step<N>.json`` beside the checkpoints and prints the metrics.
 """
 import json
+import functools
 import os
 import sys
 
@@ -69,4 +70,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=parse_flags)
+  # --workdir is checked on the raw argv, before the config file loads (and JAX with it): < 1 s.
+  app.run(main, flags_parser=functools.partial(parse_flags, required={'workdir': 'the train.py workdir holding checkpoints/'}))

@@ -339,10 +339,21 @@ def default_data_dir(data_dir: Optional[str]) -> str:
   return os.environ.get('TFDS_DATA_DIR') or tfds.core.constants.DATA_DIR
 
 
+def tfds_command() -> str:
+  """The ``tfds`` command of the running interpreter's environment (``.venv/bin/tfds`` from the checkout):
+  a bare ``tfds`` may be another installation's, or missing from PATH when the venv is not activated."""
+  import sys  # pylint: disable=g-import-not-at-top
+  script = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  if not os.path.exists(script):
+    return 'tfds'
+  relative = os.path.relpath(script)
+  return relative if not relative.startswith('..') else script
+
+
 def _prepare_hint(tfds_name: str, data_dir: Optional[str]) -> str:
   where = default_data_dir(data_dir)
   base = tfds_name.split('/')[0]
-  build = f"`tfds build {tfds_name} --data_dir={where}`"
+  build = f"`{tfds_command()} build {tfds_name} --data_dir={where}`"
   if base in _MANUAL:
     tars = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' if base == 'imagenet2012'
             else 'ILSVRC2012_img_val.tar')

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import pytest
 
+from data import sources
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +294,8 @@ _BAD = {  # name: (config overrides, exception type name, text the message must 
     'unknown updater': ({'updater.name': 'adamsam'}, 'ConfigError', 'choose one of: '),
     'negative rho': ({'updater.rho': -1.0}, 'ConfigError', 'config.updater.rho'),
     'batch not divisible by devices': ({'batch_size': 12}, 'ConfigError', 'use a multiple of 8'),
-    'missing dataset': ({'data.name': 'cifar10', 'data.data_dir': '<empty>'}, 'DataError', 'tfds build cifar10'),
+    'missing dataset': ({'data.name': 'cifar10', 'data.data_dir': '<empty>'}, 'DataError',
+                        f'`{sources.tfds_command()} build cifar10'),  # this environment's tfds
 }
 
 
@@ -334,10 +336,14 @@ def test_bad_inputs_on_the_command_line_are_one_error_line_and_exit_2(compile_ca
   for name, (args, _) in cases.items():  # side by side: each is mostly Python imports
     procs[name] = subprocess.Popen(
         [sys.executable, *TRAIN, *args, '--workdir', str(tmp_path / name.replace(' ', '_'))], cwd=ROOT,
-        env=_env(compile_cache, JAX_LOG_COMPILES='1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        env=_env(compile_cache, JAX_LOG_COMPILES='1', PYTHONPROFILEIMPORTTIME='1'), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=300)
+    imported = {line.rsplit('|', 1)[1].strip() for line in err.splitlines() if line.startswith('import time:')}
+    err = '\n'.join(line for line in err.splitlines() if not line.startswith('import time:')) + '\n'
+    if name != 'missing dataset':  # config errors answer before TensorFlow (and the loop) is imported
+      assert 'absl' in imported and 'tensorflow' not in imported, (name, sorted(imported)[:50])
     lines = [line for line in err.splitlines() if line.strip() and not _LOG_LINE.match(line)]
     assert proc.returncode == 2, (name, err[-3000:])
     assert len(lines) == 1 and lines[0].startswith('error: '), (name, err[-3000:])
