@@ -174,10 +174,10 @@ def test_eval_reproduces_the_accuracy_in_results_json(runs, compile_cache):
   assert written['eval']['test']['accuracy'] == expected['accuracy']
   assert written['eval']['test']['count'] == expected['count'] == 360  # the whole digits test split
 
-  # The command line, on the killed-and-resumed run's workdir (its newest checkpoint).
+  # The command line as the README gives it, without --config (the workdir's config.json), on the
+  # killed-and-resumed run's workdir (its newest checkpoint).
   killed = str(runs['killed'])
-  proc = subprocess.run([sys.executable, 'eval.py', '--config', 'configs/tiny.py',
-                         f'--config.total_steps={STEPS}', '--workdir', killed],
+  proc = subprocess.run([sys.executable, 'eval.py', '--workdir', killed],
                         cwd=ROOT, env=_env(compile_cache), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(killed, f'eval_step{STEPS}.json')) as f:
@@ -185,6 +185,26 @@ def test_eval_reproduces_the_accuracy_in_results_json(runs, compile_cache):
   assert written['eval']['test']['accuracy'] == _results(killed)['eval']['test']['accuracy']
   assert json.loads(proc.stdout.splitlines()[-2]) == written['eval']
   assert proc.stdout.splitlines()[-1].endswith(f'eval_step{STEPS}.json')
+
+
+def test_eval_takes_the_runs_config_and_refuses_another(runs, tmp_path):
+  """eval.py's config: the workdir's config.json; a --config of another run (configs/quickstart.py: the same
+  model, so its checkpoint would restore) is one ConfigError naming the fields, before any evaluation."""
+  import eval as eval_script
+  from configs import quickstart
+  from rsam.errors import ConfigError
+  from rsam.training import config_check
+  reference = str(runs['reference'])
+  assert config_check.run_config(reference).to_dict() == _results(reference)['config']
+  assert config_check.run_config(reference, _tiny(eval_batch_size=32)).eval_batch_size == 32  # bookkeeping
+  before = os.path.getmtime(os.path.join(reference, f'eval_step{STEPS}.json')) if os.path.exists(
+      os.path.join(reference, f'eval_step{STEPS}.json')) else None
+  with pytest.raises(ConfigError, match=r'--config does not match the run in .*batch_size.*drop --config'):
+    eval_script.evaluate_checkpoint(quickstart.get_config(), reference)
+  after = os.path.getmtime(os.path.join(reference, f'eval_step{STEPS}.json')) if before is not None else None
+  assert before == after  # nothing overwritten
+  with pytest.raises(ConfigError, match='config.json does not exist.*pass --config'):
+    eval_script.evaluate_checkpoint(None, str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------

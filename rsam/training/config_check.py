@@ -225,6 +225,35 @@ def _identity_from_json(saved: dict) -> dict:
   return _identity(ml_collections.ConfigDict(saved))
 
 
+def run_config(workdir: str, config=None):
+  """The config of the run in ``workdir`` (its ``config.json``), for eval.py.
+
+  ``config`` given (``--config``): it is checked against config.json and returned; one that differs in
+  anything but bookkeeping fields is a ConfigError naming the fields (its model would not be the
+  checkpoint's, or its numbers would not be the run's). Without config.json, ``config`` is used as given.
+  """
+  path = paths.path(workdir) / 'config.json'
+  if not paths.exists(path):
+    if config is None:
+      raise ConfigError(f'{path} does not exist, so the run\'s config is unknown; pass --config (the '
+                        f'training config of the run), or point --workdir at a train.py workdir')
+    return config
+  try:
+    saved = paths.read_json(path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --config with the training config '
+                      f'of the run') from None
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if config is None:
+    return ml_collections.ConfigDict(saved)
+  differ = _diff(_identity_from_json(saved), _identity(config))
+  if differ:
+    raise ConfigError(f'--config does not match the run in {workdir} ({", ".join(differ[:5])} differ from '
+                      f'its config.json), so it does not describe that checkpoint; drop --config to use '
+                      f'the run\'s own config')
+  return config
+
+
 def run_id(config, workdir: str) -> str:
   """A stable id for the run (the wandb id), so a resumed run appends to the same wandb run."""
   del config
