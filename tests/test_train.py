@@ -34,6 +34,7 @@ from data import sources
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WANDB_CELL = '1/resnet18-rsam'  # the reference run's wandb identity: a Table 1 cell (configs/tables.py)
 STEPS = 16  # tiny's 12 steps would do; 16 leaves the SIGKILL more room to land mid-run
 TRAIN = ['train.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}']
 # absl/glog lines and TF's pre-InitializeLog notice: everything on stderr that is not the error itself.
@@ -93,8 +94,8 @@ def runs(compile_cache, tmp_path_factory):
                         'WANDB_DATA_DIR': str(base / 'wandb_data')}.items():
       mp.setenv(name, value)
     try:
-      out['reference_results'] = loop.train_and_evaluate(_tiny(**{'wandb.enabled': True}),
-                                                         str(out['reference']))
+      out['reference_results'] = loop.train_and_evaluate(
+          _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL}), str(out['reference']))
     finally:
       import wandb
       wandb.teardown()  # stops wandb's service process
@@ -302,6 +303,25 @@ def test_wandb_offline_run_holds_the_config_and_the_logged_metrics(runs):
   assert set(history['train/loss']) == {4, 8, 12, 16}, sorted(history)
   accuracy = runs['reference_results']['eval']['test']['accuracy']
   assert history['eval/test/accuracy'] == {STEPS: pytest.approx(accuracy, abs=1e-12)}
+  assert 'eval/test/count' not in history  # the example count is no curve
+
+  # The run's identity (issue 12): the id stored in the workdir, named and grouped by its table cell,
+  # tagged, and a summary with the final accuracy beside the paper's number for that cell.
+  (run,) = [r.run for r in records if r.WhichOneof('record_type') == 'run']
+  with open(os.path.join(str(runs['reference']), 'wandb_id')) as f:
+    assert run.run_id == f.read().strip()
+  assert run.display_name == 'table1/resnet18-rsam/seed0' and run.run_group == 'table1/resnet18-rsam'
+  assert list(run.tags) == ['table1', 'cifar_rho', 'resnet_tiny', 'rsam', 'digits', 'seed0']
+  assert run.job_type == 'train'
+  summary = {}
+  for record in records:
+    if record.WhichOneof('record_type') == 'summary':
+      for item in record.summary.update:
+        summary[item.key or '/'.join(item.nested_key)] = json.loads(item.value_json)
+  with open(os.path.join(ROOT, 'results', 'paper', 'table1_cifar10.json')) as f:
+    paper = {(r['model'], r['optimizer']): r['mean'] for r in json.load(f)['rows']}
+  assert summary['final/test/accuracy'] == pytest.approx(accuracy, abs=1e-12)
+  assert summary['paper/table1/test/accuracy'] == pytest.approx(paper[('resnet18', 'rsam')] / 100)
 
 
 # ---------------------------------------------------------------------------------------------------------

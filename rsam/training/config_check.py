@@ -3,10 +3,10 @@
 Also the run's identity: ``<workdir>/config.json`` is written on the first start, and a later start with
 a config that differs in anything but bookkeeping fields is refused unless forced.
 """
-import hashlib
 import json
 import math
 import os
+import secrets
 
 import jax
 
@@ -22,8 +22,8 @@ class NonFiniteError(ConfigError):
 
 
 # Fields that may change between a run and its resumption (cadence, logging, where data lives).
-BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir')
+BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'eval_intervals', 'checkpoint_every_steps',
+               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir', 'profile')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
           'checkpoint_every_steps': int, 'keep_checkpoints': int, 'eval_batch_size': int,
@@ -64,7 +64,9 @@ def validate(config) -> None:
     raise ConfigError(f"config.schedule.name={config.schedule.name!r}; choose one of: "
                       f"{', '.join(optim.SCHEDULES)}")
   rsam.validate(config.updater)
-  data.validate(config.data, tuple(config.eval_sets))
+  from rsam.training import evaluation, progress  # pylint: disable=g-import-not-at-top
+  data.validate(config.data, tuple(evaluation.intervals(config)))
+  progress.trace_steps(config)
   try:  # a module is a dataclass: building one checks config.model.overrides and does no work
     models.get_model(config.model.name, num_classes=data.num_classes(config.data),
                      **dict(config.model.get('overrides', {})))
@@ -254,7 +256,20 @@ def run_config(workdir: str, config=None):
   return config
 
 
+RUN_ID_FILE = 'wandb_id'
+
+
 def run_id(config, workdir: str) -> str:
-  """A stable id for the run (the wandb id), so a resumed run appends to the same wandb run."""
+  """The run's wandb id: drawn on the first start and stored in ``<workdir>/wandb_id``, so a resumed run
+  appends to its wandb run while a new run at the same path (the workdir deleted, or another machine) gets
+  its own. Not a hash of the path: that resumed an old, unrelated wandb run."""
   del config
-  return hashlib.sha1(paths.normalize(workdir).encode()).hexdigest()[:12]
+  path = paths.path(workdir) / RUN_ID_FILE
+  if paths.exists(path):
+    stored = path.read_text().strip()
+    if stored:
+      return stored
+  new = secrets.token_hex(6)  # wandb ids: letters and digits, <= 64 characters
+  if jax.process_index() == 0:
+    paths.write_text(path, new + '\n')
+  return new
