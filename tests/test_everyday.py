@@ -218,6 +218,10 @@ def test_wandb_id_is_stored_in_the_workdir_not_derived_from_its_path(tmp_path):
   shutil.rmtree(workdir)
   os.makedirs(workdir)
   assert config_check.run_id(None, workdir) != first  # rm -rf and a rerun at the same path: a new run
+  from configs import tiny
+  os.remove(os.path.join(workdir, 'wandb_id'))
+  assert config_check.run_id(tiny.get_config(), workdir) is None  # wandb off: no id, no file
+  assert not os.path.exists(os.path.join(workdir, 'wandb_id'))
 
 
 def test_wandb_without_login_is_one_error_line(tmp_path, monkeypatch):

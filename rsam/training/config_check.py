@@ -262,8 +262,11 @@ RUN_ID_FILE = 'wandb_id'
 def run_id(config, workdir: str) -> str:
   """The run's wandb id: drawn on the first start and stored in ``<workdir>/wandb_id``, so a resumed run
   appends to its wandb run while a new run at the same path (the workdir deleted, or another machine) gets
-  its own. Not a hash of the path: that resumed an old, unrelated wandb run."""
-  del config
+  its own. Not a hash of the path: that resumed an old, unrelated wandb run. None (and no file) when the
+  run does not log to wandb."""
+  from rsam.training import writers  # pylint: disable=g-import-not-at-top
+  if config is not None and not writers.wandb_wanted(config.get('wandb', {})):
+    return None
   path = paths.path(workdir) / RUN_ID_FILE
   if paths.exists(path):
     stored = path.read_text().strip()

@@ -26,7 +26,7 @@ which ignores STORAGE_EMULATOR_HOST, so the events are written into a local stag
 """
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -177,7 +177,7 @@ def summarize(writer: interface.MetricWriter, eval_results: dict) -> None:
                             for name, result in eval_results.items() if 'accuracy' in result})
 
 
-def make_writer(config, workdir: str, *, resume_id: str) -> interface.MetricWriter:
+def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.MetricWriter:
   """clu's default writer (TensorBoard + logging) on process 0, plus wandb when asked."""
   staging = paths.staging_dir(workdir)
   if jax.process_index() > 0:
