@@ -1,11 +1,14 @@
 r"""Evaluates a checkpoint of a train.py run on the config's eval sets (or those given).
 
-    python eval.py --config configs/quickstart.py --workdir /tmp/rsam_quickstart [--step N]
-        [--eval_sets val,test]
+    python eval.py --workdir /tmp/rsam_quickstart [--step N] [--eval_sets val,test]
 
+The run's config is its workdir's ``config.json`` (train.py writes it). ``--config`` may still be given
+(e.g. for a workdir without config.json); one that differs from config.json in anything but bookkeeping
+fields (eval sets, batch size of evaluation, data_dir, ...) is refused with one ``error:`` line.
 Writes ``<workdir>/eval_step<N>.json`` beside the checkpoints and prints the metrics.
 """
 import json
+import functools
 import os
 import sys
 
@@ -19,14 +22,17 @@ from rsam.training.cli import parse_flags  # bad flags: one `error:` line, exit 
 flags.DEFINE_string('workdir', None, 'The train.py workdir holding checkpoints/.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the newest intact one).')
 flags.DEFINE_list('eval_sets', None, 'Eval sets to use instead of config.eval_sets.')
-config_flags.DEFINE_config_file('config', None, 'The training config of the run.', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'The training config of the run (default: the workdir\'s '
+                                'config.json).', lock_config=True)
 
 
 def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> dict:
+  """``config`` None: the workdir's config.json."""
   import jax
   import data
   from rsam.training import checkpointing, config_check, distributed, evaluation, loop, paths, train_step
   workdir = paths.normalize(workdir)
+  config = config_check.run_config(workdir, config)  # config.json, or --config checked against it
   distributed.start(config, workdir)  # every host of a pod runs eval.py together, as it ran train.py
   if eval_sets:
     config = config.copy_and_resolve_references()
@@ -69,5 +75,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=parse_flags)
+  # --workdir is checked on the raw argv, before the config file loads (and JAX with it): < 1 s.
+  app.run(main, flags_parser=functools.partial(parse_flags, required={'workdir': 'the train.py workdir holding checkpoints/'}))

@@ -11,6 +11,7 @@ of (seed, step), so a run resumed from a checkpoint continues bit for bit. The w
 ``config.json``, ``checkpoints/``, TensorBoard events, ``wandb/`` (when on) and, at the end,
 ``results.json``.
 """
+import functools
 import os
 import sys
 
@@ -31,13 +32,19 @@ def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:  # orbax and clu log every save at INFO; -v 0 brings it back
     logging.set_verbosity(logging.WARNING)
-  # Imported here so that `--help` and config errors answer before JAX/TF start up.
-  from rsam.training.loop import Preempted, train_and_evaluate
   from rsam.errors import ConfigError
   from data import DataError
-  if flags.FLAGS.workdir is None:
+  from rsam.training import config_check  # JAX and flax, no TensorFlow
+  if not flags.FLAGS.workdir:
     print('error: --workdir is required (a directory for checkpoints and results)', file=sys.stderr)
     sys.exit(2)
+  try:
+    config_check.validate(flags.FLAGS.config)  # a bad field answers here, in seconds
+  except (ConfigError, DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  # The loop imports TensorFlow (clu, the input pipeline): only once the config is known to be sound.
+  from rsam.training.loop import Preempted, train_and_evaluate
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume)
   except (ConfigError, DataError) as e:  # exit codes: README, "Exit codes"
@@ -53,4 +60,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=parse_flags)
+  # --workdir is checked on the raw argv, before the config file loads (and JAX with it): < 1 s.
+  app.run(main, flags_parser=functools.partial(parse_flags, required={'workdir': 'a directory for checkpoints and results'}))

@@ -33,12 +33,18 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.eval_sets = ('test',)
   c.eval_batch_size = 512
   c.eval_every_steps = 0             # 0: evaluate at the end only
+  # Per eval set: every how many steps it runs (0: at the end only); overrides eval_every_steps for that
+  # set. A set named here but not in eval_sets runs at its interval and at the end (a curve, e.g. 'minival').
+  c.eval_intervals = ml_collections.ConfigDict()
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   # JAX's persistent compilation cache (rsam/training/compilation_cache.py): '' = $JAX_COMPILATION_CACHE_DIR
   # or <cache dir>/jax_compilation_cache on this machine (RSAM_CACHE_DIR / XDG_CACHE_HOME); 'off'; a folder.
   c.compilation_cache_dir = ''
+  # A jax.profiler trace of training steps first_step..last_step (1-based; 0 = none) for TensorBoard's
+  # profile plugin, in <workdir>/plugins/profile/ (rsam/training/progress.py).
+  c.profile = ml_collections.ConfigDict({'first_step': 0, 'last_step': 0})
   c.nan_policy = 'stop'              # 'stop': one-line error naming the step; 'skip': drop that update
   c.max_consecutive_skipped_steps = 10  # nan_policy='skip': more non-finite steps in a row stop the run
   # The workdir's lease (rsam/training/lease.py): another run's lease whose heartbeat is older than this is
@@ -46,8 +52,9 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.lease_timeout_s = 300.0
   c.wandb = ml_collections.ConfigDict({
       'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),
-      'group': placeholder(str), 'name': placeholder(str),
-      'tags': ()})
+      'cell': placeholder(str),  # '<home>/<name>' of configs/tables.py: group, name, tags, paper numbers
+      'group': placeholder(str), 'name': placeholder(str), 'job_type': placeholder(str),
+      'tags': ()})  # rsam/training/writers.py: identity
   # Multi-host start (rsam/training/distributed.py): enabled None = automatic (a Cloud TPU VM pod joins by
   # itself, anything else runs as one process); True with the other fields for other clusters; False: never.
   c.distributed = ml_collections.ConfigDict({

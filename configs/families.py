@@ -87,6 +87,9 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 - m-sharpness: ``m = 16`` (SAM: 32, above). The official run perturbed per TPU core on 16 images (TPU
   v3-256: 32 hosts × 128 images / 8 cores; README of the R-SAM code), as google-research/sam and
   big_vision's GSAM do; ``m`` keeps those groups of 16 whatever the device count (it must divide the per-device batch).
+- Evaluation during training **(ours)**: 'minival' every 1,000 steps (the curve), validation, ReaL, v2 and
+  R every 10,000, ImageNet-C only at the end (``VIT_EVAL_INTERVALS``); CIFAR: its test set every 5 epochs
+  (1,950 steps; it has no other held-out split: the paper trains on all 50,000 images).
 - Steps: 300 epochs of what is trained: ``total_steps`` is left to the repo's rule (config_check.total_steps),
   ⌊epochs · N_train / batch⌋ = ⌊300 · 1,268,355 / 4096⌋ = 92,897, and γ's T (the official code ties T to
   its step count) follows. The official run.sh passes ``--total_steps 93834`` with the same 99% split:
@@ -95,8 +98,9 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 - Step index: the official loop counts t = 1, 2, ...: ρ's warm-up branch and γ at t = step + 1, the lr at
   step (rsam/schedules.py).
 
-``runlocal=1`` shrinks any of these configs to a few-step CPU run (tiny model, batch 16, 2 steps,
-32-px ImageNet, one ImageNet-C subset, ``num_train_examples`` set for mocked tfds data): see ``runlocal``.
+``runlocal=1`` shrinks any of these configs to a few-step CPU run with no dataset (tiny model, batch 16,
+2 steps, 32-px ImageNet, one ImageNet-C subset, tfds mock data, every evaluator after step 1 and at the
+end): see ``runlocal``.
 """
 from typing import Optional
 
@@ -160,6 +164,7 @@ CIFAR_MODELS = ('resnet18', 'resnet50', 'wrn28_10')
 CIFAR_UPDATERS = ('sgd', 'sgd_momentum', 'rmsprop', 'adamw', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam',
                   'asam')
 SAM_RHO_CIFAR = {'cifar10': 0.05, 'cifar100': 0.1}           # [SAM]
+CIFAR_EVAL_EVERY = 5 * (50_000 // 128)  # the test set every 5 epochs of 390 steps: 40 points of a curve
 ASAM_RHO_CIFAR = {'cifar10': 0.5, 'cifar100': 1.0}           # [ASAM README's commands]
 LPF_WRN_GROWTH = {'cifar10': 35.0, 'cifar100': 25.0}        # [LPF-SGD]
 
@@ -190,6 +195,7 @@ def cifar(dataset: str = 'cifar10', model: str = 'resnet18', updater: str = 'rsa
   c.loss, c.label_smoothing, c.mixup_alpha = 'softmax_xent', 0.0, 0.0
   c.batch_size, c.num_epochs, c.total_steps = 128, 200.0, None
   c.eval_sets, c.eval_batch_size = ('test',), 512
+  c.eval_intervals = {'test': CIFAR_EVAL_EVERY}  # CIFAR's only held-out split is its test set
   c.checkpoint_every_steps = 2000
 
   ascent = ('sam', 'rsam', 'gsam', 'rgsam', 'asam')  # the updaters with a ρ
@@ -216,6 +222,11 @@ VIT_UPDATERS = ('adamw', 'sam', 'rsam', 'gsam', 'rgsam')
 VIT_AUGS = ('none', 'mixup', 'mixup_ra')
 HIDDEN_SIZE = {'vit_b16': 768, 'vit_s16': 384, 'vit_ti4': 192, 'vit_tiny': 32}
 IMAGENET_EVAL_SETS = ('validation', 'imagenet_real', 'imagenet_v2', 'imagenet_r', 'imagenet_c')
+# Each eval set's interval in steps (rsam/training/evaluation.py), 0 = only at the end: 'minival' (12,812
+# held-out train images, cheap) draws the curve, the test sets run 9 times in 92,897 steps, ImageNet-C
+# (3.75M images) only at the end.
+VIT_EVAL_INTERVALS = {'minival': 1000, 'validation': 10_000, 'imagenet_real': 10_000, 'imagenet_v2': 10_000,
+                      'imagenet_r': 10_000, 'imagenet_c': 0}
 OFFICIAL_TOTAL_STEPS = 93_834   # run.sh --total_steps of the R-SAM code; ours: 300 epochs (docstring)
 VIT_MIXUP_ALPHA = 0.5           # ours: the official code's commented value; AugReg 'medium2'
 VIT_RANDAUGMENT = (2, 15)       # ours: AugReg 'medium2' (N layers, magnitude M)
@@ -255,6 +266,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c.batch_size, c.num_epochs, c.total_steps = 4096, 300.0, None  # 300 epochs of train[:99%]: 92,897
   c.compute_dtype = 'bfloat16'
   c.eval_sets, c.eval_batch_size = IMAGENET_EVAL_SETS, 1024
+  c.eval_intervals = dict(VIT_EVAL_INTERVALS)
   c.log_every_steps, c.checkpoint_every_steps = 100, 1000
 
   if updater == 'sam':
@@ -287,9 +299,11 @@ RUNLOCAL = dict(batch_size=16, eval_batch_size=16, total_steps=2, num_train_exam
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks any config to a few-step CPU run (big_vision's ``runlocal``), keeping its code paths.
 
-  Tiny model of the same family, batch 16 (a multiple of 8 devices), 2 steps, evaluation batch 16,
+  Tiny model of the same family, batch 16 (a multiple of 8 devices), 2 steps, evaluation batch 16, the
+  periodic evaluators (``eval_intervals``) after step 1 and every set at the end,
   warm-ups of 1 step (lr and ρ), ImageNet at 32 px with one ImageNet-C corruption × severity, m-sharpness
-  groups of 2, and ``num_train_examples`` set (mocked tfds data has no split sizes). LPF-SGD's M stays
+  groups of 2, ``num_train_examples`` set, and tfds mock data (``data.mock_examples``: random images of the
+  dataset's own features through the same pipeline), so it runs on a machine with no dataset. LPF-SGD's M stays
   (it splits the batch of 16). Everything else -- updater, loss, mixup, RandAugment, dtype -- is kept.
   """
   r = RUNLOCAL
@@ -299,6 +313,8 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.overrides.representation_size = HIDDEN_SIZE[c.model.name]
   c.batch_size, c.eval_batch_size, c.total_steps = r['batch_size'], r['eval_batch_size'], r['total_steps']
   c.data.num_train_examples = r['num_train_examples']
+  if c.data.name != 'digits':  # tfds mock data: runs with no dataset (--config.data.mock_examples=0: the real one)
+    c.data.mock_examples = r['num_train_examples']
   if c.data.name == 'imagenet2012':
     c.data.image_size = r['image_size']
     c.data.shuffle_buffer = 64
@@ -311,4 +327,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.updater.get('m'):
     c.updater.m = r['m']
   c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 1, 1000, 0
+  for name, every in c.eval_intervals.items():  # every periodic evaluator also runs after step 1
+    if every:
+      c.eval_intervals[name] = 1
   return c

@@ -16,8 +16,11 @@ because ρ normalises δ0 + λĝ and δ0 can dominate. The sweep, in the style o
 R-SAM at ρ = k × SAM's ρ for k in CIFAR_RHO_MULTIPLES on both datasets; k = 1 is the Table 1/2 run.
 """
 import dataclasses
+import glob
 import importlib
-from typing import Dict, List, Tuple
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
 
 from configs import families
 
@@ -116,3 +119,76 @@ def runs_of(table: str) -> List[Run]:
 
 def by_name() -> Dict[Tuple[str, str], Run]:
   return {(r.home, r.name): r for r in all_runs()}
+
+
+def label(table: str) -> str:
+  """'3' -> 'table3', 'fig3a' -> 'fig3a': how directories, wandb groups and tags name a table."""
+  return f'table{table}' if table[0].isdigit() else table
+
+
+# --- the paper's numbers (results/paper/*.json) ---------------------------------------------------------
+
+PAPER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results', 'paper')
+TABLE4_EVAL = {'imagenet': 'validation', 'real': 'imagenet_real', 'v2': 'imagenet_v2', 'r': 'imagenet_r',
+               'c': 'imagenet_c'}
+
+
+def paper(table: str) -> Optional[dict]:
+  """The paper's numbers of ``table`` (results/paper/), or None (Fig. 3(b, c), cifar_rho: none published)."""
+  for path in sorted(glob.glob(os.path.join(PAPER_DIR, '*.json'))):
+    with open(path) as f:
+      d = json.load(f)
+    if str(d.get('table')) == table:
+      return d
+  return None
+
+
+def paper_positions(table: str) -> Dict[tuple, Tuple[Run, str, Optional[dict]]]:
+  """Every position of a paper table: position -> (the run of the cell, its eval set, the paper's row or
+  None). Positions: (model, optimizer) for Tables 1-2 and Fig. 3(a); (model, resolution, mixup, randaug,
+  optimizer) for Table 3; (model, optimizer, eval set) for Table 4; (dataset, multiple) for cifar_rho;
+  (value,) for Fig. 3(b, c)."""
+  specs, rows = by_name(), (paper(table) or {}).get('rows', [])
+  positions = {}
+  if table in ('1', '2'):
+    for row in rows:
+      positions[(row['model'], row['optimizer'])] = (specs[(table, f"{row['model']}-{row['optimizer']}")],
+                                                     'test', row)
+  elif table == '3':
+    for row in rows:
+      aug = 'mixup_ra' if row['randaug'] else ('mixup' if row['mixup'] else 'none')
+      key = (row['model'], row['resolution'], row['mixup'], row['randaug'], row['optimizer'])
+      positions[key] = (specs[('3', f"{row['model']}-{aug}-{row['optimizer']}")], 'validation', row)
+  elif table == '4':
+    for row in rows:
+      positions[(row['model'], row['optimizer'], row['eval_set'])] = (
+          specs[('3', f"{row['model']}-none-{row['optimizer']}")], TABLE4_EVAL[row['eval_set']], row)
+  elif table == 'fig3a':
+    for row in rows:
+      home = '3' if row['optimizer'] == 'rsam' else 'fig3a'
+      positions[(row['model'], row['optimizer'])] = (specs[(home, f"vit_b16-none-{row['optimizer']}")],
+                                                     'validation', row)
+  elif table == 'cifar_rho':
+    for dataset in families.CIFAR_DATASETS:
+      for k in CIFAR_RHO_MULTIPLES:
+        positions[(dataset, k)] = (cifar_rho_run(dataset, k), 'test', None)
+  elif table in ('fig3b', 'fig3c'):
+    grid = FIG3B_RHO_MAX if table == 'fig3b' else FIG3C_LAM
+    official = OFFICIAL_RHO_MAX if table == 'fig3b' else OFFICIAL_LAM
+    prefix = 'rho_max_' if table == 'fig3b' else 'lam_'
+    for value in grid:
+      spec = specs[('3', 'vit_b16-none-rsam')] if value == official else specs[(table, f'{prefix}{value:g}')]
+      positions[(value,)] = (spec, 'validation', None)
+  else:
+    raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+  return positions
+
+
+def paper_numbers(run: Run) -> Dict[Tuple[str, str], Any]:
+  """{(table, eval set): the paper's mean top-1 in %} of every paper table that has ``run``'s cell."""
+  out = {}
+  for table in run.tables:
+    for spec, eval_set, row in paper_positions(table).values():
+      if (spec.home, spec.name) == (run.home, run.name) and row and row.get('mean') is not None:
+        out[(table, eval_set)] = row['mean']
+  return out

@@ -241,7 +241,7 @@ class _TrainReader:
         spec.train_split, process_index=process_index, process_count=process_count,
         drop_remainder=True)
     # Fail now (not at the first batch) when the dataset is missing.
-    ds = sources.tfds_read(spec.name, self._split, spec.data_dir)
+    ds = sources.tfds_read(spec.name, self._split, spec.data_dir, mock=spec.mock_examples)
     if spec.cache:
       self._cached = ds.map(_select).enumerate().cache()
 
@@ -250,7 +250,7 @@ class _TrainReader:
       return self._cached
     file_seed = int(_seed_ints(seed, epoch, 0xF11E)[0])
     return sources.tfds_read(self.spec.name, self._split, self.spec.data_dir,
-                             file_shuffle_seed=file_seed).map(_select).enumerate()
+                             file_shuffle_seed=file_seed, mock=self.spec.mock_examples).map(_select).enumerate()
 
 
 def make_train_iterator(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
@@ -386,11 +386,12 @@ def _tfds_part(spec, tfds_name, split, process_index, process_count, local_batch
   `to_example` (raw tfds example -> dict without 'mask')."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   slices = tfds.even_splits(split, n=process_count, drop_remainder=False)
-  ds = sources.tfds_read(tfds_name, slices[process_index], spec.data_dir)
-  sizes = sources.tfds_slice_sizes(tfds_name, slices, spec.data_dir)
+  mock = spec.mock_examples
+  ds = sources.tfds_read(tfds_name, slices[process_index], spec.data_dir, mock=mock)
+  sizes = sources.tfds_slice_sizes(tfds_name, slices, spec.data_dir, mock=mock)
   if sizes is None:  # no metadata (mocked data): count every slice
-    sizes = [_count(sources.tfds_read(tfds_name, s, spec.data_dir)) for s in slices]
-    total = _count(sources.tfds_read(tfds_name, split, spec.data_dir))
+    sizes = [_count(sources.tfds_read(tfds_name, s, spec.data_dir, mock=mock)) for s in slices]
+    total = _count(sources.tfds_read(tfds_name, split, spec.data_dir, mock=mock))
   else:
     total = sum(sizes)
   return _make_part(ds, to_example, sizes, total, local_batch, cache)

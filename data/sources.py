@@ -45,6 +45,11 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
                         'full1000' (plain 1000-way argmax).
   imagenet_c_corruptions  the 15 benchmark corruptions (evalsets.IMAGENET_C_CORRUPTIONS).
   imagenet_c_severities   (1, 2, 3, 4, 5).
+  mock_examples         0 (real data). N > 0: tfds mock data instead of the prepared dataset
+                        (`tfds.testing.mock_data`: N random examples of the dataset's own features
+                        per split, so every split and eval set exists), through the same pipeline.
+                        `runlocal=1` sets it: a smoke run needs no dataset. num_train_examples
+                        defaults to N. Not for digits (they ship with scikit-learn).
   digits only:
   split_seed            0. Seed of the fixed stratified train/val/test split (and the noise).
   train_subset          None. Use only the first N train examples (the train split is stored in
@@ -55,6 +60,7 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -101,7 +107,7 @@ _KNOWN_FIELDS = (
     'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'eval_resize_mode', 'augment',
     'randaugment_layers', 'randaugment_magnitude', 'shuffle_buffer', 'cache', 'train_split',
     'imagenet_r_protocol', 'imagenet_c_corruptions', 'imagenet_c_severities', 'split_seed',
-    'train_subset', 'label_noise')
+    'train_subset', 'label_noise', 'mock_examples')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +131,7 @@ class DataSpec:
   split_seed: int
   train_subset: Optional[int]
   label_noise: float
+  mock_examples: int = 0
 
 
 def _get(config, field, default=None):
@@ -213,6 +220,9 @@ def resolve(data_config) -> DataSpec:
     raise DataError(f"data.train_subset={train_subset} must be a positive int")
   if not 0.0 <= label_noise <= 1.0:
     raise DataError(f"data.label_noise={label_noise} must be a fraction in [0, 1]")
+  mock_examples = _get(data_config, 'mock_examples', 0)
+  if not isinstance(mock_examples, (int, np.integer)) or isinstance(mock_examples, bool) or mock_examples < 0:
+    raise DataError(f"data.mock_examples={mock_examples!r} must be an int >= 0 (0: the real dataset)")
 
   return DataSpec(
       name=name,
@@ -233,6 +243,7 @@ def resolve(data_config) -> DataSpec:
       split_seed=int(_get(data_config, 'split_seed', 0)),
       train_subset=None if train_subset is None else int(train_subset),
       label_noise=label_noise,
+      mock_examples=0 if name == 'digits' else int(mock_examples),
   )
 
 
@@ -247,6 +258,8 @@ def num_train_examples(data_config) -> int:
   spec = resolve(data_config)
   if spec.num_train_examples is not None:
     return spec.num_train_examples
+  if spec.mock_examples:
+    return spec.mock_examples
   if spec.name == 'digits':
     return len(digits_split(spec, spec.train_split)[1])
   try:
@@ -339,10 +352,21 @@ def default_data_dir(data_dir: Optional[str]) -> str:
   return os.environ.get('TFDS_DATA_DIR') or tfds.core.constants.DATA_DIR
 
 
+def tfds_command() -> str:
+  """The ``tfds`` command of the running interpreter's environment (``.venv/bin/tfds`` from the checkout):
+  a bare ``tfds`` may be another installation's, or missing from PATH when the venv is not activated."""
+  import sys  # pylint: disable=g-import-not-at-top
+  script = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  if not os.path.exists(script):
+    return 'tfds'
+  relative = os.path.relpath(script)
+  return relative if not relative.startswith('..') else script
+
+
 def _prepare_hint(tfds_name: str, data_dir: Optional[str]) -> str:
   where = default_data_dir(data_dir)
   base = tfds_name.split('/')[0]
-  build = f"`tfds build {tfds_name} --data_dir={where}`"
+  build = f"`{tfds_command()} build {tfds_name} --data_dir={where}`"
   if base in _MANUAL:
     tars = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' if base == 'imagenet2012'
             else 'ILSVRC2012_img_val.tar')
@@ -364,27 +388,47 @@ def _tfds_errors():
           tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
 
 
-def tfds_builder(tfds_name: str, data_dir: Optional[str]):
+@contextlib.contextmanager
+def _mocked(mock: int):
+  """tfds mock data (``mock`` random examples per split) inside the context, when ``mock`` > 0."""
+  if not mock:
+    yield
+    return
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.testing import mocking  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # the mock's generator warns of a deprecated field, per set
+  try:
+    with mocking.mock_data(num_examples=int(mock)):
+      yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def tfds_builder(tfds_name: str, data_dir: Optional[str], *, mock: int = 0):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    return tfds.builder(tfds_name, data_dir=data_dir)
+    with _mocked(mock):
+      return tfds.builder(tfds_name, data_dir=data_dir)
   except _tfds_errors() as e:
     raise _missing(tfds_name, data_dir, e) from None
 
 
-def tfds_read(tfds_name: str, split, data_dir: Optional[str], *, file_shuffle_seed=None):
+def tfds_read(tfds_name: str, split, data_dir: Optional[str], *, file_shuffle_seed=None, mock: int = 0):
   """Reads `split` (a string or a tfds split object) with images left encoded, in a fixed
-  order (or a file order fixed by `file_shuffle_seed`)."""
+  order (or a file order fixed by `file_shuffle_seed`). `mock` > 0: that many random examples of
+  the dataset's features instead (data.mock_examples); the dataset built is self-contained."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds_builder(tfds_name, data_dir)
   read_config = tfds.ReadConfig(
       shuffle_seed=file_shuffle_seed, shuffle_reshuffle_each_iteration=False,
       try_autocache=False, skip_prefetch=True)
   try:
-    ds = builder.as_dataset(
-        split=split, shuffle_files=file_shuffle_seed is not None,
-        decoders={'image': tfds.decode.SkipDecoding()}, read_config=read_config)
+    with _mocked(mock):
+      builder = tfds_builder(tfds_name, data_dir)
+      ds = builder.as_dataset(
+          split=split, shuffle_files=file_shuffle_seed is not None,
+          decoders={'image': tfds.decode.SkipDecoding()}, read_config=read_config)
   except _tfds_errors() as e:
     raise _missing(tfds_name, data_dir, e) from None
   options = tf.data.Options()
@@ -392,9 +436,11 @@ def tfds_read(tfds_name: str, split, data_dir: Optional[str], *, file_shuffle_se
   return ds.with_options(options)
 
 
-def tfds_slice_sizes(tfds_name: str, splits: Sequence[Any], data_dir: Optional[str]):
+def tfds_slice_sizes(tfds_name: str, splits: Sequence[Any], data_dir: Optional[str], *, mock: int = 0):
   """Number of examples of each split (object) from the metadata, or None when unknown (mocked
   data): callers then count."""
+  if mock:
+    return None
   builder = tfds_builder(tfds_name, data_dir)
   try:
     sizes = [builder.info.splits[s].num_examples for s in splits]

@@ -13,12 +13,16 @@ A plain install needs JAX and optax only. The config factory (``make_updater``, 
 ``validate``, ``DEFAULTS``, ``NAMES``) reads ml_collections configs, from the ``train`` extra: it is
 imported when first used.
 """
-from rsam import transforms
-from rsam.errors import ConfigError
-from rsam.msharpness import PerGroup
-from rsam.noise import kernel_scale, kernelwise_noise
-from rsam.schedules import cosine_increase, lr_tied_rho
-from rsam.updaters import LPFSGD, Plain, SharpnessAware, UpdateResult
+import importlib
+
+# Every name loads its module on first use (PEP 562), so `import rsam` alone imports no JAX: train.py's
+# flag errors answer before JAX starts, and `rsam.transforms` loads jax and optax only when used.
+_LAZY = {
+    'ConfigError': 'rsam.errors', 'PerGroup': 'rsam.msharpness',
+    'kernel_scale': 'rsam.noise', 'kernelwise_noise': 'rsam.noise', 'cosine_increase': 'rsam.schedules',
+    'lr_tied_rho': 'rsam.schedules', 'LPFSGD': 'rsam.updaters', 'Plain': 'rsam.updaters',
+    'SharpnessAware': 'rsam.updaters', 'UpdateResult': 'rsam.updaters',
+}
 
 # The one version number (pyproject.toml reads it; CHANGELOG.md has a section per version).
 __version__ = '0.1.0'
@@ -35,4 +39,8 @@ def __getattr__(name):
   if name in _FACTORY:
     from rsam import factory
     return getattr(factory, name)
+  if name == 'transforms':
+    return importlib.import_module('rsam.transforms')
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

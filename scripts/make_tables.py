@@ -24,7 +24,6 @@ runs differ in more than the seed is marked ‡ with the differing fields; '—'
 The ImageNet-C number is the mean top-1 over the corruptions × severities the run evaluated.
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -37,21 +36,19 @@ if REPO not in sys.path:
 
 from rsam.training import paths  # pylint: disable=wrong-import-position
 
-PAPER_DIR = os.path.join(REPO, 'results', 'paper')
 BASE_OPTIMIZER_LABEL = {'sgd': 'sgd', 'momentum': 'sgd_momentum', 'rmsprop': 'rmsprop', 'adamw': 'adamw'}
 OPTIMIZER_ORDER = ('sgd', 'sgd_momentum', 'rmsprop', 'adamw', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam',
                    'asam')
 PAPER_TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c', 'cifar_rho')
 DATASET_LABEL = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'imagenet': 'ImageNet-1k'}
-TABLE4_EVAL = {'imagenet': 'validation', 'real': 'imagenet_real', 'v2': 'imagenet_v2', 'r': 'imagenet_r',
-               'c': 'imagenet_c'}
 # Fields compared with the cell's config to mark deviating runs (†); compared only where the run has them.
 CHECKED = ('batch_size', 'num_epochs', 'total_steps', 'grad_accum_steps', 'loss', 'label_smoothing',
            'mixup_alpha', 'compute_dtype', 'optimizer.', 'schedule.', 'updater.', 'model.', 'data.augment',
            'data.image_size', 'data.randaugment_layers', 'data.randaugment_magnitude')
 # Fields that never make two runs different experiments (generic tables).
 IGNORED = ('seed', 'wandb.', 'distributed.', 'data.data_dir', 'eval_sets', 'eval_batch_size',
-           'eval_every_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'nan_policy')
+           'eval_every_steps', 'eval_intervals.', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'nan_policy',
+           'profile.')
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -249,15 +246,6 @@ class Cell:
     return '†' if self.deviations else ('‡' if self.mixed else '')
 
 
-def _paper(table: str) -> Optional[dict]:
-  for path in sorted(glob.glob(os.path.join(PAPER_DIR, '*.json'))):
-    with open(path) as f:
-      d = json.load(f)
-    if str(d.get('table')) == table:
-      return d
-  return None
-
-
 def _reference(run_spec) -> Tuple[tuple, Dict[str, Any], dict]:
   config = run_spec.load().to_dict()
   config = json.loads(json.dumps(config, default=str))
@@ -271,41 +259,9 @@ class PaperTable:
   def __init__(self, table: str):
     from configs import tables  # pylint: disable=g-import-not-at-top
     self.table, self.tables = table, tables
-    self.paper = _paper(table)  # None for fig3b / fig3c / cifar_rho: no numbers in the paper text
-    self.positions: Dict[tuple, Tuple[Any, str, Optional[dict]]] = {}  # pos -> (run spec, eval set, paper)
-    specs = tables.by_name()
-    if table in ('1', '2'):
-      for row in self.paper['rows']:
-        spec = specs[(table, f"{row['model']}-{row['optimizer']}")]
-        self.positions[(row['model'], row['optimizer'])] = (spec, 'test', row)
-    elif table == '3':
-      for row in self.paper['rows']:
-        aug = 'mixup_ra' if row['randaug'] else ('mixup' if row['mixup'] else 'none')
-        spec = specs[('3', f"{row['model']}-{aug}-{row['optimizer']}")]
-        key = (row['model'], row['resolution'], row['mixup'], row['randaug'], row['optimizer'])
-        self.positions[key] = (spec, 'validation', row)
-    elif table == '4':
-      for row in self.paper['rows']:
-        spec = specs[('3', f"{row['model']}-none-{row['optimizer']}")]
-        self.positions[(row['model'], row['optimizer'], row['eval_set'])] = (
-            spec, TABLE4_EVAL[row['eval_set']], row)
-    elif table == 'fig3a':
-      for row in self.paper['rows']:
-        home = '3' if row['optimizer'] == 'rsam' else 'fig3a'
-        spec = specs[(home, f"vit_b16-none-{row['optimizer']}")]
-        self.positions[(row['model'], row['optimizer'])] = (spec, 'validation', row)
-    elif table == 'cifar_rho':
-      for dataset in tables.families.CIFAR_DATASETS:
-        for k in tables.CIFAR_RHO_MULTIPLES:
-          self.positions[(dataset, k)] = (tables.cifar_rho_run(dataset, k), 'test', None)
-    else:
-      grid = tables.FIG3B_RHO_MAX if table == 'fig3b' else tables.FIG3C_LAM
-      official = tables.OFFICIAL_RHO_MAX if table == 'fig3b' else tables.OFFICIAL_LAM
-      prefix = 'rho_max_' if table == 'fig3b' else 'lam_'
-      for value in grid:
-        spec = (specs[('3', 'vit_b16-none-rsam')] if value == official
-                else specs[(table, f'{prefix}{value:g}')])
-        self.positions[(value,)] = (spec, 'validation', None)
+    self.paper = tables.paper(table)  # None for fig3b / fig3c / cifar_rho: no numbers in the paper text
+    # pos -> (run spec, eval set, paper row): configs/tables.py, which wandb's summaries read too
+    self.positions: Dict[tuple, Tuple[Any, str, Optional[dict]]] = tables.paper_positions(table)
     self.references = {}
     for pos, (spec, _, _) in self.positions.items():
       if (spec.home, spec.name) not in self.references:

@@ -3,10 +3,14 @@ r"""Lists (prints) or launches the training runs behind a paper table, one per c
     python scripts/reproduce.py --table 1 --seeds 3 --workdir_root runs              # print commands
     python scripts/reproduce.py --table 3 --seeds 1 --workdir_root gs://bkt/rsam --data_dir gs://bkt/tfds
     python scripts/reproduce.py --table fig3b --seeds 1 --workdir_root runs --launch local
-    python scripts/reproduce.py --table 1 --seeds 1 --workdir_root /tmp/t1 --runlocal --launch local  # smoke
+    python scripts/reproduce.py --table 1 --seeds 1 --workdir_root runs --runlocal --launch local  # smoke
 
 Each run is ``python train.py --config <config of the cell> --config.seed=<k> --workdir
-<root>/<home table>/<cell>/seed<k>`` plus its wandb group (the table), name (cell and seed) and tags. The
+<root>/<home table>/<cell>/seed<k> --config.wandb.cell=<home table>/<cell>``: wandb names the run after its
+cell and seed, groups the seeds of a cell, tags it with its tables, model, updater, dataset and seed, and
+puts the paper's numbers in its summary (rsam/training/writers.py). ``--runlocal`` runs the 2-step CPU version
+of every run (no dataset needed) under its own root, ``<root>_runlocal``, so a smoke run's results.json never
+makes the real run count as done. The
 grid is ``configs/tables.py``: the Table 4 runs, the R-SAM bar of Fig. 3(a) and the official points of
 Fig. 3(b, c) are the Table 3 runs without augmentation, so they are listed with their Table 3 workdir.
 Runs whose ``results.json`` exists are skipped (a local folder or a gs:// bucket, read through
@@ -37,11 +41,9 @@ def command(run: tables.Run, seed: int, *, root: str, data_dir=None, wandb=False
   config = run.config
   if runlocal:
     config += (',' if ':' in config else ':') + 'runlocal=1'
-  group = f'table{run.home}' if run.home[0].isdigit() else run.home
-  tags = [f'table{t}' if t[0].isdigit() else t for t in run.tables] + [f'seed{seed}']
+    root = runlocal_root(root)
   argv = [python, 'train.py', f'--config={config}', f'--config.seed={seed}',
-          f'--workdir={run.workdir(root, seed)}', f'--config.wandb.group={group}',
-          f'--config.wandb.name={run.name}-seed{seed}'] + [f'--config.wandb.tags={t}' for t in tags]
+          f'--workdir={run.workdir(root, seed)}', f'--config.wandb.cell={run.home}/{run.name}']
   if wandb:
     argv.append('--config.wandb.enabled=True')
   if data_dir:
@@ -49,12 +51,18 @@ def command(run: tables.Run, seed: int, *, root: str, data_dir=None, wandb=False
   return argv + list(extra)
 
 
+def runlocal_root(root: str) -> str:
+  """Where --runlocal runs go: beside ``root``, never in it."""
+  return root.rstrip('/') + '_runlocal'
+
+
 def plan(table: str, seeds: int, root: str, **kw):
   """[(run, seed, argv, done)] for every run of ``table`` and seed 0..seeds-1."""
   out = []
+  where = runlocal_root(root) if kw.get('runlocal') else root
   for run in tables.runs_of(table):
     for seed in range(seeds):
-      done = paths.exists(paths.path(run.workdir(root, seed)) / 'results.json')
+      done = paths.exists(paths.path(run.workdir(where, seed)) / 'results.json')
       out.append((run, seed, command(run, seed, root=root, **kw), done))
   return out
 
@@ -89,7 +97,7 @@ def main(argv=None):
         f'seeds), {len(runs) - len([r for r in runs if not r[3]])} done, {len(todo)} listed')
   for run, seed, _, done in runs:
     if done and not args.include_done:
-      print(f'# done: {run.workdir(root, seed)}/results.json')
+      print(f'# done: {run.workdir(runlocal_root(root) if args.runlocal else root, seed)}/results.json')
   if args.launch is None:
     for _, _, argv_, _ in todo:
       print(shlex.join(argv_))

@@ -316,8 +316,7 @@ def test_reproduce_lists_runs_and_skips_finished_ones(tmp_path, capsys):
   config = fv.config
   assert fv.workdir == f'{root}/3/vit_s16-none-rsam/seed1'
   assert (config.model.name, config.updater.name, config.seed) == ('vit_s16', 'rsam', 1)
-  assert (config.wandb.group, config.wandb.name) == ('table3', 'vit_s16-none-rsam-seed1')
-  assert tuple(config.wandb.tags) == ('table3', 'table4', 'seed1')
+  assert config.wandb.cell == '3/vit_s16-none-rsam'  # wandb's group, name and tags: tests/test_everyday.py
   assert config.data.data_dir == 'gs://bucket/tfds' and config.distributed.num_processes == 4
 
 
@@ -326,7 +325,7 @@ def test_reproduce_fig3b_sweep_and_runlocal(capsys):
   commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith('#')]
   assert len(commands) == 5
   fv = _parse_train_flags(reproduce.shlex.split(commands[1]))
-  assert fv.workdir == 'runs/fig3b/rho_max_1/seed0'
+  assert fv.workdir == 'runs_runlocal/fig3b/rho_max_1/seed0'  # its own root: never a real run's results
   assert (fv.config.updater.rho_max, fv.config.updater.rho_min) == (1.0, 0.6)
   assert fv.config.total_steps == 2 and fv.config.model.name == 'vit_tiny'
 
@@ -365,16 +364,44 @@ def rbg_keys():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('family', FAMILIES)
-def test_family_trains_two_steps_at_runlocal_size(family, tmp_path, rbg_keys):
+def test_family_trains_two_steps_at_runlocal_size(family, tmp_path, rbg_keys, capsys):
+  """runlocal=1 with no dataset (an empty data_dir): tfds mock data through the same pipeline; every periodic
+  evaluator runs after step 1, every set at the end (ImageNet-C only there), and no 'count' curve."""
   del rbg_keys
+  import tensorflow as tf
   config = tables.Run('x', 'x', FAMILIES[family], ()).load(runlocal=True)
-  with tfds.testing.mock_data(num_examples=config.data.num_train_examples):
-    results = loop.train_and_evaluate(config, str(tmp_path))
+  (tmp_path / 'no_data').mkdir()
+  with config.unlocked():
+    config.data.data_dir = str(tmp_path / 'no_data')
+    config.profile.first_step = config.profile.last_step = 2  # a jax.profiler trace of step 2
+  results = loop.train_and_evaluate(config, str(tmp_path / 'work'))
+  out = capsys.readouterr().out
+  # The compile is announced before it starts and timed; the first step line has no rate (only the
+  # compiling step ran), the second an ETA of 0 s.
+  compiling, compiled = out.index('compiling the train step'), out.index('compiled and ran step 1 in ')
+  assert compiling < compiled < out.index('step 1/2 |') < out.index('step 2/2 |')
+  assert 'step 1/2 | ' in out and 'img/s after the first timed step' in out.split('step 1/2 |')[1].split('\n')[0]
+  assert 'ETA 0s' in out.split('step 2/2 |')[1].split('\n')[0]
+  assert glob.glob(str(tmp_path / 'work' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
   assert results['steps'] == results['total_steps'] == 2
-  assert set(results['eval']) == set(config.eval_sets)
+  assert set(results['eval']) == set(config.eval_sets) | set(config.eval_intervals)  # the periodic-only too
   for name, result in results['eval'].items():
     assert 0.0 <= result['accuracy'] <= 1.0, name
-  assert os.path.exists(tmp_path / 'results.json')
+  assert os.path.exists(tmp_path / 'work' / 'results.json')
+  assert not os.listdir(tmp_path / 'no_data')
+  evaluated = {}
+  for path in glob.glob(str(tmp_path / 'work' / 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag.startswith('eval/'):
+          evaluated.setdefault(value.tag, set()).add(event.step)
+  periodic = {name for name, every in config.eval_intervals.items() if every}
+  expected = {f'eval/{name}/accuracy': {1, 2} if name in periodic else {2} for name in results['eval']}
+  assert evaluated == expected
   if family.startswith('vit'):
     assert (config.mixup_alpha, config.data.randaugment_layers, config.updater.m) == (0.5, 2, 2)
-    assert len(results['eval']) == 5 and set(results['eval']['imagenet_c']['table']) == {'gaussian_noise'}
+    assert set(results['eval']) == {'minival', 'validation', 'imagenet_real', 'imagenet_v2', 'imagenet_r',
+                                    'imagenet_c'} and set(results['eval']['imagenet_c']['table']) == {'gaussian_noise'}
+    assert evaluated['eval/minival/accuracy'] == {1, 2} and evaluated['eval/imagenet_c/accuracy'] == {2}
+  else:
+    assert evaluated == {'eval/test/accuracy': {1, 2}}

@@ -30,9 +30,11 @@ import jax
 import numpy as np
 import pytest
 
+from data import sources
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WANDB_CELL = '1/resnet18-rsam'  # the reference run's wandb identity: a Table 1 cell (configs/tables.py)
 STEPS = 16  # tiny's 12 steps would do; 16 leaves the SIGKILL more room to land mid-run
 TRAIN = ['train.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}']
 # absl/glog lines and TF's pre-InitializeLog notice: everything on stderr that is not the error itself.
@@ -92,8 +94,8 @@ def runs(compile_cache, tmp_path_factory):
                         'WANDB_DATA_DIR': str(base / 'wandb_data')}.items():
       mp.setenv(name, value)
     try:
-      out['reference_results'] = loop.train_and_evaluate(_tiny(**{'wandb.enabled': True}),
-                                                         str(out['reference']))
+      out['reference_results'] = loop.train_and_evaluate(
+          _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL}), str(out['reference']))
     finally:
       import wandb
       wandb.teardown()  # stops wandb's service process
@@ -173,10 +175,10 @@ def test_eval_reproduces_the_accuracy_in_results_json(runs, compile_cache):
   assert written['eval']['test']['accuracy'] == expected['accuracy']
   assert written['eval']['test']['count'] == expected['count'] == 360  # the whole digits test split
 
-  # The command line, on the killed-and-resumed run's workdir (its newest checkpoint).
+  # The command line as the README gives it, without --config (the workdir's config.json), on the
+  # killed-and-resumed run's workdir (its newest checkpoint).
   killed = str(runs['killed'])
-  proc = subprocess.run([sys.executable, 'eval.py', '--config', 'configs/tiny.py',
-                         f'--config.total_steps={STEPS}', '--workdir', killed],
+  proc = subprocess.run([sys.executable, 'eval.py', '--workdir', killed],
                         cwd=ROOT, env=_env(compile_cache), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(killed, f'eval_step{STEPS}.json')) as f:
@@ -184,6 +186,26 @@ def test_eval_reproduces_the_accuracy_in_results_json(runs, compile_cache):
   assert written['eval']['test']['accuracy'] == _results(killed)['eval']['test']['accuracy']
   assert json.loads(proc.stdout.splitlines()[-2]) == written['eval']
   assert proc.stdout.splitlines()[-1].endswith(f'eval_step{STEPS}.json')
+
+
+def test_eval_takes_the_runs_config_and_refuses_another(runs, tmp_path):
+  """eval.py's config: the workdir's config.json; a --config of another run (configs/quickstart.py: the same
+  model, so its checkpoint would restore) is one ConfigError naming the fields, before any evaluation."""
+  import eval as eval_script
+  from configs import quickstart
+  from rsam.errors import ConfigError
+  from rsam.training import config_check
+  reference = str(runs['reference'])
+  assert config_check.run_config(reference).to_dict() == _results(reference)['config']
+  assert config_check.run_config(reference, _tiny(eval_batch_size=32)).eval_batch_size == 32  # bookkeeping
+  before = os.path.getmtime(os.path.join(reference, f'eval_step{STEPS}.json')) if os.path.exists(
+      os.path.join(reference, f'eval_step{STEPS}.json')) else None
+  with pytest.raises(ConfigError, match=r'--config does not match the run in .*batch_size.*drop --config'):
+    eval_script.evaluate_checkpoint(quickstart.get_config(), reference)
+  after = os.path.getmtime(os.path.join(reference, f'eval_step{STEPS}.json')) if before is not None else None
+  assert before == after  # nothing overwritten
+  with pytest.raises(ConfigError, match='config.json does not exist.*pass --config'):
+    eval_script.evaluate_checkpoint(None, str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,6 +303,25 @@ def test_wandb_offline_run_holds_the_config_and_the_logged_metrics(runs):
   assert set(history['train/loss']) == {4, 8, 12, 16}, sorted(history)
   accuracy = runs['reference_results']['eval']['test']['accuracy']
   assert history['eval/test/accuracy'] == {STEPS: pytest.approx(accuracy, abs=1e-12)}
+  assert 'eval/test/count' not in history  # the example count is no curve
+
+  # The run's identity (issue 12): the id stored in the workdir, named and grouped by its table cell,
+  # tagged, and a summary with the final accuracy beside the paper's number for that cell.
+  (run,) = [r.run for r in records if r.WhichOneof('record_type') == 'run']
+  with open(os.path.join(str(runs['reference']), 'wandb_id')) as f:
+    assert run.run_id == f.read().strip()
+  assert run.display_name == 'table1/resnet18-rsam/seed0' and run.run_group == 'table1/resnet18-rsam'
+  assert list(run.tags) == ['table1', 'cifar_rho', 'resnet_tiny', 'rsam', 'digits', 'seed0']
+  assert run.job_type == 'train'
+  summary = {}
+  for record in records:
+    if record.WhichOneof('record_type') == 'summary':
+      for item in record.summary.update:
+        summary[item.key or '/'.join(item.nested_key)] = json.loads(item.value_json)
+  with open(os.path.join(ROOT, 'results', 'paper', 'table1_cifar10.json')) as f:
+    paper = {(r['model'], r['optimizer']): r['mean'] for r in json.load(f)['rows']}
+  assert summary['final/test/accuracy'] == pytest.approx(accuracy, abs=1e-12)
+  assert summary['paper/table1/test/accuracy'] == pytest.approx(paper[('resnet18', 'rsam')] / 100)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,7 +334,8 @@ _BAD = {  # name: (config overrides, exception type name, text the message must 
     'unknown updater': ({'updater.name': 'adamsam'}, 'ConfigError', 'choose one of: '),
     'negative rho': ({'updater.rho': -1.0}, 'ConfigError', 'config.updater.rho'),
     'batch not divisible by devices': ({'batch_size': 12}, 'ConfigError', 'use a multiple of 8'),
-    'missing dataset': ({'data.name': 'cifar10', 'data.data_dir': '<empty>'}, 'DataError', 'tfds build cifar10'),
+    'missing dataset': ({'data.name': 'cifar10', 'data.data_dir': '<empty>'}, 'DataError',
+                        f'`{sources.tfds_command()} build cifar10'),  # this environment's tfds
 }
 
 
@@ -334,10 +376,14 @@ def test_bad_inputs_on_the_command_line_are_one_error_line_and_exit_2(compile_ca
   for name, (args, _) in cases.items():  # side by side: each is mostly Python imports
     procs[name] = subprocess.Popen(
         [sys.executable, *TRAIN, *args, '--workdir', str(tmp_path / name.replace(' ', '_'))], cwd=ROOT,
-        env=_env(compile_cache, JAX_LOG_COMPILES='1'), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        env=_env(compile_cache, JAX_LOG_COMPILES='1', PYTHONPROFILEIMPORTTIME='1'), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=300)
+    imported = {line.rsplit('|', 1)[1].strip() for line in err.splitlines() if line.startswith('import time:')}
+    err = '\n'.join(line for line in err.splitlines() if not line.startswith('import time:')) + '\n'
+    if name != 'missing dataset':  # config errors answer before TensorFlow (and the loop) is imported
+      assert 'absl' in imported and 'tensorflow' not in imported, (name, sorted(imported)[:50])
     lines = [line for line in err.splitlines() if line.strip() and not _LOG_LINE.match(line)]
     assert proc.returncode == 2, (name, err[-3000:])
     assert len(lines) == 1 and lines[0].startswith('error: '), (name, err[-3000:])

@@ -3,7 +3,9 @@
 absl prints a multi-line ``FATAL Flags parsing error`` (exit 1) for a bad value and ml_collections lets a
 traceback through for an override of a field the config does not have (``--config.nope=1``). Both
 become ``error: <what> ; <the fix>`` on stderr and exit code 2, like the config errors raised later.
-Imports nothing heavy: it runs before JAX starts.
+Imports nothing heavy: it runs before JAX starts. Flags a script cannot run without (train.py's
+``--workdir``) are checked on the raw argv before anything else, even before the config file loads (which
+imports JAX), so their error answers in well under a second.
 """
 import re
 import sys
@@ -11,8 +13,14 @@ import sys
 from absl import flags
 
 
-def parse_flags(argv):
-  """absl's flags_parser for app.run(main, flags_parser=parse_flags)."""
+def parse_flags(argv, required=None):
+  """absl's flags_parser for app.run(main, flags_parser=parse_flags).
+
+  ``required``: {flag name: what it is}, checked on the raw argv first (``functools.partial``)."""
+  missing = missing_flags(argv, required or {})
+  if missing:
+    print(f'error: --{missing[0]} is required ({required[missing[0]]})', file=sys.stderr)
+    sys.exit(2)
   try:
     rest = flags.FLAGS(argv)
     config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
@@ -24,6 +32,16 @@ def parse_flags(argv):
   except (flags.Error, ValueError, TypeError, OSError) as e:  # bad value or file, missing --config
     print(f'error: {_one_line(str(e))}', file=sys.stderr)
   sys.exit(2)
+
+
+def missing_flags(argv, required) -> list:
+  """The names in ``required`` that ``argv`` does not set (``--name=v``, ``--name v``, one dash too);
+  none when help is asked for."""
+  args = argv[1:]
+  if any(a.lstrip('-') in ('help', 'helpfull', 'helpshort', 'h', '?') for a in args if a.startswith('-')):
+    return []
+  given = {a.lstrip('-').split('=', 1)[0] for a in args if a.startswith('-')}
+  return [name for name in required if name not in given]
 
 
 def _one_line(message: str) -> str:

@@ -3,10 +3,10 @@
 Also the run's identity: ``<workdir>/config.json`` is written on the first start, and a later start with
 a config that differs in anything but bookkeeping fields is refused unless forced.
 """
-import hashlib
 import json
 import math
 import os
+import secrets
 
 import jax
 
@@ -22,8 +22,8 @@ class NonFiniteError(ConfigError):
 
 
 # Fields that may change between a run and its resumption (cadence, logging, where data lives).
-BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir',
+BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'eval_intervals', 'checkpoint_every_steps',
+               'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir', 'profile',
                'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
@@ -72,7 +72,9 @@ def validate(config) -> None:
     raise ConfigError(f"config.schedule.name={config.schedule.name!r}; choose one of: "
                       f"{', '.join(optim.SCHEDULES)}")
   rsam.validate(config.updater)
-  data.validate(config.data, tuple(config.eval_sets))
+  from rsam.training import evaluation, progress  # pylint: disable=g-import-not-at-top
+  data.validate(config.data, tuple(evaluation.intervals(config)))
+  progress.trace_steps(config)
   try:  # a module is a dataclass: building one checks config.model.overrides and does no work
     models.get_model(config.model.name, num_classes=data.num_classes(config.data),
                      **dict(config.model.get('overrides', {})))
@@ -239,7 +241,52 @@ def _identity_from_json(saved: dict) -> dict:
   return _identity(ml_collections.ConfigDict(saved))
 
 
+def run_config(workdir: str, config=None):
+  """The config of the run in ``workdir`` (its ``config.json``), for eval.py.
+
+  ``config`` given (``--config``): it is checked against config.json and returned; one that differs in
+  anything but bookkeeping fields is a ConfigError naming the fields (its model would not be the
+  checkpoint's, or its numbers would not be the run's). Without config.json, ``config`` is used as given.
+  """
+  path = paths.path(workdir) / 'config.json'
+  if not paths.exists(path):
+    if config is None:
+      raise ConfigError(f'{path} does not exist, so the run\'s config is unknown; pass --config (the '
+                        f'training config of the run), or point --workdir at a train.py workdir')
+    return config
+  try:
+    saved = paths.read_json(path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --config with the training config '
+                      f'of the run') from None
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if config is None:
+    return ml_collections.ConfigDict(saved)
+  differ = _diff(_identity_from_json(saved), _identity(config))
+  if differ:
+    raise ConfigError(f'--config does not match the run in {workdir} ({", ".join(differ[:5])} differ from '
+                      f'its config.json), so it does not describe that checkpoint; drop --config to use '
+                      f'the run\'s own config')
+  return config
+
+
+RUN_ID_FILE = 'wandb_id'
+
+
 def run_id(config, workdir: str) -> str:
-  """A stable id for the run (the wandb id), so a resumed run appends to the same wandb run."""
-  del config
-  return hashlib.sha1(paths.normalize(workdir).encode()).hexdigest()[:12]
+  """The run's wandb id: drawn on the first start and stored in ``<workdir>/wandb_id``, so a resumed run
+  appends to its wandb run while a new run at the same path (the workdir deleted, or another machine) gets
+  its own. Not a hash of the path: that resumed an old, unrelated wandb run. None (and no file) when the
+  run does not log to wandb."""
+  from rsam.training import writers  # pylint: disable=g-import-not-at-top
+  if config is not None and not writers.wandb_wanted(config.get('wandb', {})):
+    return None
+  path = paths.path(workdir) / RUN_ID_FILE
+  if paths.exists(path):
+    stored = path.read_text().strip()
+    if stored:
+      return stored
+  new = secrets.token_hex(6)  # wandb ids: letters and digits, <= 64 characters
+  if jax.process_index() == 0:
+    paths.write_text(path, new + '\n')
+  return new

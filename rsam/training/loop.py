@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import data
 from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation,
                            interrupts, lease, paths, segments, writers)
+from rsam.training import progress as progress_lib
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -59,8 +60,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   cleanup.callback(lease.release, held)
   config_check.check_workdir(config, workdir, force=force_resume)
   # Before anything compiles: a dataset that is not prepared fails here, in seconds, as a DataError.
-  eval_sets = data.make_eval_sets(config.data, tuple(config.eval_sets),
-                                  global_batch_size=config.eval_batch_size)
+  eval_every = evaluation.intervals(config)  # each set's own interval (rsam/training/evaluation.py)
+  eval_sets = data.make_eval_sets(config.data, tuple(eval_every), global_batch_size=config.eval_batch_size)
 
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
   replicated = NamedSharding(mesh, P())
@@ -92,7 +93,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
                                              every_steps=config.log_every_steps, every_secs=None)
   signals = interrupts.Interrupts()
 
-  window, window_steps, window_start = None, 0, time.time()
+  window, window_steps = None, 0
+  meter, trace = progress_lib.Meter(), progress_lib.Trace(config, workdir)  # rsam/training/progress.py
   pending = None
   skipped = []
   in_a_row = []  # the non-finite steps since the last finite one
@@ -126,8 +128,16 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
       local = next(batches)
       batch = data.to_global_batch(local, batch_sharding)
       lease.check(held)  # taken over by another run (--force_resume): stop before writing anything more
+      trace.before(step + 1)
+      if step == start_step:
+        meter.compiling()
       state, metrics = train_step(state, batch)
+      if step == start_step:
+        meter.compiled(metrics, step + 1)  # compile + the first step, timed apart from the rest
+      else:
+        meter.step()
       step += 1
+      trace.after(step, metrics)
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
       progress(step)
@@ -142,13 +152,14 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
         paths.probe_writable(ckpt.directory)  # a read-only or unwritable folder: one line, not a hung save
       ckpt.save(step, state)
       if step % config.log_every_steps == 0 or step == total_steps:
-        _log(writer, step, total_steps, window, window_steps, time.time() - window_start, schedule,
-             config, num_devices, start_time)
-        window, window_steps, window_start = None, 0, time.time()
+        _log(writer, step, total_steps, window, window_steps, meter.window(), schedule, config, num_devices,
+             start_time)
+        window, window_steps = None, 0
         segment.update(step, logged=True)
-      if config.eval_every_steps and (step % config.eval_every_steps == 0) and step < total_steps:
-        eval_results = evaluator.run(state['params'], state['model_state'])
-        _write_eval(writer, step, eval_results)
+      due = evaluation.due(eval_every, step, total_steps)
+      if due:
+        with meter.paused():
+          evaluation.write(writer, step, evaluator.run(state['params'], state['model_state'], due))
       if signals.received:
         check_finite(pending)
         ckpt.save(step, state, force=True)
@@ -171,7 +182,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
       raise signals.stop(evaluate_later)
     with signals.raising(evaluate_later):
       eval_results = evaluator.run(state['params'], state['model_state'])
-    _write_eval(writer, step, eval_results)
+    evaluation.write(writer, step, eval_results)
+    writers.summarize(writer, eval_results)  # wandb's summary: final/<set>/accuracy beside the paper's
     writer.flush()
     segment.update(step, ended='finished')
     # wall_time_s and hardware: this process; segments and total_wall_time_s: every process of the run.
@@ -186,6 +198,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
     return results
   finally:
     signals.restore()
+    trace.stop()
 
 
 def _non_finite_what(metrics) -> str:
@@ -199,25 +212,15 @@ def _stop_non_finite(step, metrics):
       f"checkpoint is intact; lower the learning rate or set config.nan_policy='skip'")
 
 
-def _log(writer, step, total_steps, window, window_steps, seconds, schedule, config, num_devices,
-         start_time):
+def _log(writer, step, total_steps, window, window_steps, timed, schedule, config, num_devices, start_time):
+  """``timed``: (steps, seconds) of the training steps in the window, compile and evaluations left out."""
   means = {f'train/{k}': float(v) / window_steps for k, v in jax.device_get(window).items()}
   means['train/lr'] = float(schedule(step - 1))
-  img_per_s = config.batch_size * window_steps / max(seconds, 1e-9)
-  means['train/img_per_s_per_device'] = img_per_s / num_devices
+  img_per_s, rate = progress_lib.rate_text(*timed, batch_size=config.batch_size, remaining=total_steps - step)
+  if img_per_s is not None:
+    means['train/img_per_s_per_device'] = img_per_s / num_devices
   writer.write_scalars(step, means)
   writer.flush()  # a remote workdir's events are copied to it here (at most every COPY_EVERY_SECS)
-  eta = (total_steps - step) * seconds / max(window_steps, 1)
   print(f'step {step}/{total_steps} | loss {means["train/loss"]:.4f} | '
-        f'acc {means.get("train/accuracy", float("nan")):.3f} | {img_per_s:.0f} img/s | '
-        f'elapsed {time.time() - start_time:.0f}s | ETA {eta:.0f}s', flush=True)
-
-
-def _write_eval(writer, step, eval_results: dict):
-  flat = {}
-  for name, result in eval_results.items():
-    for k, v in result.items():
-      if isinstance(v, (int, float)):
-        flat[f'eval/{name}/{k}'] = v
-  writer.write_scalars(step, flat)
-  print(f'eval at step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in flat.items()), flush=True)
+        f'acc {means.get("train/accuracy", float("nan")):.3f} | {rate} | '
+        f'elapsed {time.time() - start_time:.0f}s', flush=True)

@@ -2,7 +2,21 @@
 
 The loop writes once to a ``MultiWriter``. wandb is off unless ``config.wandb.enabled`` or the environment
 (``WANDB_MODE`` set to online/offline) turns it on; offline runs land under ``<workdir>/wandb``.
-config.wandb: enabled, project, entity, group, name, tags, mode ('online' | 'offline' | None = env).
+config.wandb: enabled, project, entity, cell, group, name, tags, job_type, mode ('online' | 'offline' |
+None = env).
+
+A wandb run's identity (``identity``):
+- id: drawn once and stored in ``<workdir>/wandb_id`` (config_check.run_id); a resumed run reuses it, a new
+  workdir at the same path (``rm -rf`` and rerun, another machine) starts a new wandb run.
+- ``config.wandb.cell``: the table cell the run belongs to, ``<home>/<name>`` of configs/tables.py (e.g.
+  ``3/vit_b16-none-rsam``; scripts/reproduce.py sets it). Then group = the cell (``table3/vit_b16-none-rsam``:
+  wandb's group averaging is the cell's mean over seeds), name = cell + seed, tags = the tables that read the
+  run, and the summary holds the paper's numbers of that cell (``paper/table<k>/<set>/accuracy``, fractions
+  as ours). ``group`` / ``name`` set explicitly win; ``tags`` add to the computed ones.
+- tags always hold model, updater (the base optimizer for 'plain'), dataset and seed; job_type is 'train',
+  or 'runlocal' for runs on tfds mock data (``data.mock_examples``).
+- At the end, the summary holds ``final/<set>/accuracy`` of every eval set (``summarize``).
+- A missing login or network is one ConfigError naming ``wandb login`` and ``WANDB_MODE=offline``.
 
 A remote (gs://) workdir: TensorFlow's event writer would talk to GCS through TensorFlow's own client,
 which ignores STORAGE_EMULATOR_HOST, so the events are written into a local staging folder
@@ -12,13 +26,14 @@ which ignores STORAGE_EMULATOR_HOST, so the events are written into a local stag
 """
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from rsam.errors import ConfigError
 from rsam.training import paths
 
 
@@ -125,7 +140,55 @@ def wandb_wanted(wandb_cfg) -> bool:
   return bool(wandb_cfg.get('enabled')) or mode in ('online', 'offline')
 
 
-def make_writer(config, workdir: str, *, resume_id: str) -> interface.MetricWriter:
+def identity(config) -> dict:
+  """{'name', 'group', 'tags', 'job_type', 'summary'} of the wandb run of ``config`` (module docstring)."""
+  wandb_cfg = config.get('wandb', {})
+  seed = config.get('seed', 0)
+  updater = config.updater.name
+  if updater == 'plain':
+    updater = {'momentum': 'sgd_momentum'}.get(config.optimizer.name, config.optimizer.name)
+  tags = [config.model.name, updater, config.data.name, f'seed{seed}']
+  group = name = None
+  summary = {}
+  cell = wandb_cfg.get('cell')
+  if cell:
+    from configs import tables  # pylint: disable=g-import-not-at-top  (the training repo, not the wheel)
+    home, _, cell_name = cell.partition('/')
+    run = tables.by_name().get((home, cell_name))
+    if run is None:
+      raise ConfigError(f'config.wandb.cell={cell!r} is not a table cell of configs/tables.py; write it as '
+                        f"'<home>/<name>', e.g. '3/vit_b16-none-rsam'")
+    group = f'{tables.label(home)}/{cell_name}'
+    name = f'{group}/seed{seed}'
+    tags = [tables.label(t) for t in run.tables] + tags
+    summary = {f'paper/{tables.label(table)}/{eval_set}/accuracy': value / 100.0
+               for (table, eval_set), value in tables.paper_numbers(run).items()}
+  tags += [t for t in (wandb_cfg.get('tags') or ()) if t not in tags]
+  mock = (config.data.get('mock_examples') or 0) if 'data' in config else 0
+  return {'group': wandb_cfg.get('group') or group, 'name': wandb_cfg.get('name') or name, 'tags': tags,
+          'job_type': wandb_cfg.get('job_type') or ('runlocal' if mock else 'train'), 'summary': summary}
+
+
+def summarize(writer: interface.MetricWriter, eval_results: dict) -> None:
+  """The final accuracy of every eval set into the wandb run's summary (``final/<set>/accuracy``)."""
+  for w in _unwrapped(writer):
+    if isinstance(w, WandbWriter):
+      w.run.summary.update({f'final/{name}/accuracy': result['accuracy']
+                            for name, result in eval_results.items() if 'accuracy' in result})
+
+
+def _unwrapped(writer):
+  """The writers inside ``writer``: clu's MultiWriter (``_writers``) and wrappers (``inner``) opened up."""
+  if hasattr(writer, 'inner'):
+    yield from _unwrapped(writer.inner)
+  elif hasattr(writer, '_writers'):
+    for w in writer._writers:  # pylint: disable=protected-access
+      yield from _unwrapped(w)
+  else:
+    yield writer
+
+
+def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.MetricWriter:
   """clu's default writer (TensorBoard + logging) on process 0, plus wandb when asked."""
   staging = paths.staging_dir(workdir)
   if jax.process_index() > 0:
@@ -142,8 +205,16 @@ def make_writer(config, workdir: str, *, resume_id: str) -> interface.MetricWrit
     return writer
   import wandb
   mode = wandb_cfg.get('mode') or os.environ.get('WANDB_MODE') or 'online'
-  run = wandb.init(project=wandb_cfg.get('project') or 'rsam', entity=wandb_cfg.get('entity'),
-                   group=wandb_cfg.get('group'), name=wandb_cfg.get('name'),
-                   tags=list(wandb_cfg.get('tags') or ()), mode=mode, dir=staging,
-                   config=config.to_dict(), id=resume_id, resume='allow')
+  who = identity(config)
+  try:
+    run = wandb.init(project=wandb_cfg.get('project') or 'rsam', entity=wandb_cfg.get('entity'),
+                     group=who['group'], name=who['name'], tags=who['tags'], job_type=who['job_type'],
+                     mode=mode, dir=staging, config=config.to_dict(), id=resume_id, resume='allow')
+  except (wandb.errors.Error, OSError, TimeoutError) as e:
+    writer.close()
+    reason = ' '.join(str(e).split())[:200]
+    raise ConfigError(f'wandb could not start its run (mode {mode}; {type(e).__name__}: {reason}); log in '
+                      f'once with `wandb login`, or set WANDB_MODE=offline to log locally (`wandb sync` uploads later), '
+                      f'or turn wandb off (config.wandb.enabled=False, WANDB_MODE unset)') from None
+  run.summary.update(who['summary'])
   return metric_writers.MultiWriter([writer, WandbWriter(run)])

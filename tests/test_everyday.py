@@ -1,0 +1,242 @@
+"""Everyday use (issue 12): errors that answer fast, ignored run folders, make_tables beside a checkout.
+
+Each test here is cheap (sub-second, or one subprocess that stops at its flag check).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imports(stderr: str) -> set:
+  """Top-level modules named in a ``-X importtime`` report."""
+  names = set()
+  for line in stderr.splitlines():
+    if line.startswith('import time:') and '|' in line:
+      names.add(line.rsplit('|', 1)[1].strip().split('.')[0])
+  return names
+
+
+@pytest.mark.parametrize('script', ['train.py', 'eval.py'])
+def test_a_missing_workdir_answers_before_jax_or_tensorflow_is_imported(script):
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env['PYTHONPATH'] = ROOT
+  proc = subprocess.run([sys.executable, '-X', 'importtime', script, '--config', 'configs/tiny.py'], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if not line.startswith('import time:')]
+  assert len(errors) == 1 and errors[0].startswith('error: --workdir is required'), errors
+  imported = _imports(proc.stderr)
+  assert 'absl' in imported  # the report is read right
+  assert not imported & {'jax', 'tensorflow', 'flax', 'tensorflow_datasets'}, sorted(imported)
+
+
+def test_missing_flag_check_reads_every_spelling_and_leaves_help_alone():
+  from rsam.training import cli
+  required = {'workdir': 'x'}
+  for argv in (['p', '--workdir=d'], ['p', '--workdir', 'd'], ['p', '-workdir=d'], ['p', '--help']):
+    assert cli.missing_flags(argv, required) == [], argv
+  assert cli.missing_flags(['p', '--config', 'c', '--workdirs=d'], required) == ['workdir']
+
+
+def test_import_rsam_alone_imports_no_jax():
+  code = ('import sys, rsam, rsam.errors; print("jax" in sys.modules, rsam.ConfigError is rsam.errors.ConfigError, '
+          'sorted(set(rsam.__all__) - set(dir(rsam)) - set(rsam._LAZY) - set(rsam._FACTORY) - {"transforms"}))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.stdout.split() == ['False', 'True', '[]'], out.stderr[-2000:]
+
+
+def test_tfds_hints_name_this_environments_tfds():
+  # The hint itself is checked on a missing dataset in tests/test_train.py (test_bad_input_..., 'missing dataset').
+  from data import sources
+  assert os.path.samefile(sources.tfds_command(), os.path.join(os.path.dirname(sys.executable), 'tfds'))
+
+
+def test_run_folders_are_ignored_by_git():
+  paths = ['runs/3/x/seed0/results.json', 'runs_runlocal/3/x/seed0/results.json', 'workdirs/x/config.json',
+           'wandb/run-x/files/config.yaml']
+  proc = subprocess.run(['git', 'check-ignore', '--no-index', *paths], cwd=ROOT, capture_output=True, text=True)
+  assert proc.stdout.split() == paths, proc.stdout + proc.stderr
+
+
+def test_make_tables_skips_a_checkouts_test_fixtures(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+  import make_tables
+  for folder in ('checkout/tests/fixtures/make_tables/x/seed0', 'checkout/runs/x/seed0', 'checkout/x/seed1'):
+    os.makedirs(tmp_path / folder)
+    (tmp_path / folder / 'results.json').write_text('{"config": {}, "eval": {}}')
+  runs, problems = make_tables.find_runs(str(tmp_path))
+  assert sorted(os.path.relpath(r.path, tmp_path) for r in runs) == [
+      'checkout/runs/x/seed0/results.json', 'checkout/x/seed1/results.json'] and not problems
+
+
+# --- each evaluator with its own interval (point 2) -------------------------------------------------------
+
+
+def test_each_eval_set_runs_at_its_own_interval():
+  import ml_collections
+  from rsam.errors import ConfigError
+  from rsam.training import evaluation
+  c = ml_collections.ConfigDict({'eval_sets': ('validation', 'imagenet_c'), 'eval_every_steps': 0,
+                                 'eval_intervals': {'minival': 100, 'validation': 300, 'imagenet_c': 0}})
+  every = evaluation.intervals(c)
+  assert every == {'validation': 300, 'imagenet_c': 0, 'minival': 100}  # the final list first
+  assert evaluation.due(every, 100, 1000) == ('minival',)
+  assert evaluation.due(every, 600, 1000) == ('validation', 'minival')
+  assert evaluation.due(every, 1000, 1000) == ()  # the end evaluates every set once, separately
+  assert evaluation.due(every, 1, 1000) == ()
+  c.eval_every_steps = 50  # the default of the sets without an entry
+  c.eval_sets = ('validation', 'imagenet_r')
+  assert evaluation.intervals(c)['imagenet_r'] == 50
+  c.eval_intervals.minival = -1
+  with pytest.raises(ConfigError, match='eval_intervals.minival=-1'):
+    evaluation.intervals(c)
+
+
+def test_every_table_config_draws_a_curve_on_a_cheap_held_out_split():
+  from configs import tables
+  from rsam.training import config_check, evaluation
+  for run in tables.all_runs():
+    config = run.load()
+    every = evaluation.intervals(config)
+    total = config_check.total_steps(config)
+    curve = [name for name, n in every.items() if n and total // n >= 20]
+    if config.data.name == 'imagenet2012':
+      assert curve == ['minival'], (run.name, every)
+      assert every['imagenet_c'] == 0 and 'minival' not in config.eval_sets, (run.name, every)
+      assert all(0 < every[s] < total for s in config.eval_sets if s != 'imagenet_c'), (run.name, every)
+    else:
+      assert curve == ['test'], (run.name, every)
+
+
+# --- progress (point 4) ----------------------------------------------------------------------------------
+
+
+class _Clock:
+  def __init__(self):
+    self.t = 100.0
+
+  def __call__(self):
+    return self.t
+
+
+def test_throughput_and_eta_leave_out_compilation_and_evaluation():
+  from rsam.training import progress
+  clock, lines = _Clock(), []
+  meter = progress.Meter(clock=clock, print_fn=lambda text, flush: lines.append(text))
+  assert meter.window() == (0, 0.0)
+  meter.compiling()
+  clock.t += 60.0  # the compiling first step
+  meter.compiled({'loss': 0.0}, 1)
+  assert lines == ['compiling the train step (the first step waits for XLA)...',
+                   'compiled and ran step 1 in 60.0s; throughput and ETA leave it out']
+  for _ in range(9):  # steps 2..10 at 2 s each, with a 30 s evaluation in between
+    clock.t += 2.0
+    meter.step()
+  with meter.paused():
+    clock.t += 30.0
+  steps, seconds = meter.window()
+  assert (steps, seconds) == (9, 18.0)
+  img_per_s, text = progress.rate_text(steps, seconds, batch_size=64, remaining=90)
+  assert img_per_s == 32.0 and text == '32 img/s | ETA 3m00s'  # 90 steps x 2 s, not (60 + 18 + 30) / 10
+  assert progress.rate_text(0, 0.0, batch_size=64, remaining=5)[0] is None
+  assert meter.window() == (0, 0.0)
+
+
+def test_profile_steps_are_checked():
+  import ml_collections
+  from rsam.errors import ConfigError
+  from rsam.training import progress
+  config = lambda first, last: ml_collections.ConfigDict({'profile': {'first_step': first, 'last_step': last}})
+  assert progress.trace_steps(config(0, 0)) is None and progress.trace_steps(config(3, 5)) == (3, 5)
+  with pytest.raises(ConfigError, match='last_step=2 is before first_step=3'):
+    progress.trace_steps(config(3, 2))
+
+
+# --- runlocal's own root (point 3) -------------------------------------------------------------------------
+
+
+def test_reproduce_runlocal_has_its_own_root(tmp_path):
+  from configs import tables
+  from scripts import reproduce
+  root = str(tmp_path / 'runs')
+  run = tables.by_name()[('3', 'vit_b16-none-rsam')]
+  smoke = run.workdir(reproduce.runlocal_root(root), 0)
+  os.makedirs(smoke)
+  open(os.path.join(smoke, 'results.json'), 'w').close()
+  done = lambda **kw: {(r.home, r.name): d for r, _, _, d in reproduce.plan('4', 1, root, **kw)}
+  assert not done()[('3', 'vit_b16-none-rsam')]  # a smoke run's results.json never marks the real run done
+  assert done(runlocal=True)[('3', 'vit_b16-none-rsam')]
+  argv = reproduce.command(run, 0, root=root, runlocal=True)
+  assert f'--workdir={smoke}' in argv and not smoke.startswith(root + '/')
+
+
+# --- wandb identity (point 1) ----------------------------------------------------------------------------
+
+
+def test_wandb_identity_of_a_table_cell():
+  import json
+  from configs import tables
+  from rsam.training import writers
+  run = tables.by_name()[('3', 'vit_b16-none-rsam')]
+  config = run.load()
+  config.seed = 2
+  config.wandb.cell = '3/vit_b16-none-rsam'
+  who = writers.identity(config)
+  assert who['group'] == 'table3/vit_b16-none-rsam' and who['name'] == 'table3/vit_b16-none-rsam/seed2'
+  assert who['tags'] == ['table3', 'table4', 'fig3a', 'fig3b', 'fig3c', 'vit_b16', 'rsam', 'imagenet2012', 'seed2']
+  assert who['job_type'] == 'train'
+  with open(os.path.join(ROOT, 'results', 'paper', 'table4_robustness.json')) as f:
+    table4 = {(r['model'], r['optimizer'], r['eval_set']): r['mean'] for r in json.load(f)['rows']}
+  assert who['summary']['paper/table4/imagenet_c/accuracy'] == pytest.approx(table4[('vit_b16', 'rsam', 'c')] / 100)
+  assert who['summary']['paper/table3/validation/accuracy'] == pytest.approx(0.807)  # the paper's 80.7
+  assert who['summary']['paper/fig3a/validation/accuracy'] == pytest.approx(0.807)
+  assert len(who['summary']) == 7  # Table 3, five Table 4 sets, Fig. 3(a); Fig. 3(b, c) publish no numbers
+  # An AdamW baseline: the base optimizer names it; a runlocal run is a 'runlocal' job.
+  baseline = tables.by_name()[('3', 'vit_s16-none-adamw')].load(runlocal=True)
+  baseline.wandb.cell, baseline.wandb.tags = '3/vit_s16-none-adamw', ('mine',)
+  who = writers.identity(baseline)
+  assert who['tags'] == ['table3', 'table4', 'vit_tiny', 'adamw', 'imagenet2012', 'seed0', 'mine']
+  assert who['job_type'] == 'runlocal'
+  assert writers.identity(tables.by_name()[('1', 'resnet18-sgd')].load())['group'] is None  # no cell given
+  baseline.wandb.cell = '3/nope'
+  with pytest.raises(Exception, match=r"config.wandb.cell='3/nope' is not a table cell"):
+    writers.identity(baseline)
+
+
+def test_wandb_id_is_stored_in_the_workdir_not_derived_from_its_path(tmp_path):
+  import shutil
+  from rsam.training import config_check
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  first = config_check.run_id(None, workdir)
+  assert config_check.run_id(None, workdir) == first  # a resume appends to the same wandb run
+  assert open(os.path.join(workdir, 'wandb_id')).read().strip() == first
+  shutil.rmtree(workdir)
+  os.makedirs(workdir)
+  assert config_check.run_id(None, workdir) != first  # rm -rf and a rerun at the same path: a new run
+  from configs import tiny
+  os.remove(os.path.join(workdir, 'wandb_id'))
+  assert config_check.run_id(tiny.get_config(), workdir) is None  # wandb off: no id, no file
+  assert not os.path.exists(os.path.join(workdir, 'wandb_id'))
+
+
+def test_wandb_without_login_is_one_error_line(tmp_path, monkeypatch):
+  from configs import tiny
+  from rsam.errors import ConfigError
+  from rsam.training import writers
+  for name in ('WANDB_API_KEY', 'WANDB_SILENT'):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('WANDB_MODE', 'online')
+  monkeypatch.setenv('NETRC', str(tmp_path / 'netrc'))
+  monkeypatch.setenv('HOME', str(tmp_path))
+  for name in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR', 'WANDB_DIR'):
+    monkeypatch.setenv(name, str(tmp_path / name.lower()))
+  monkeypatch.setenv('WANDB_BASE_URL', 'http://127.0.0.1:9')  # nothing listens: never the real service
+  with pytest.raises(ConfigError) as info:
+    writers.make_writer(tiny.get_config(), str(tmp_path / 'work'), resume_id='x1')
+  message = str(info.value)
+  assert '\n' not in message and '`wandb login`' in message and 'WANDB_MODE=offline' in message, message
