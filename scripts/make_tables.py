@@ -51,7 +51,8 @@ CHECKED = ('batch_size', 'num_epochs', 'total_steps', 'grad_accum_steps', 'loss'
            'data.image_size', 'data.randaugment_layers', 'data.randaugment_magnitude')
 # Fields that never make two runs different experiments (generic tables).
 IGNORED = ('seed', 'wandb.', 'distributed.', 'data.data_dir', 'eval_sets', 'eval_batch_size',
-           'eval_every_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'nan_policy')
+           'eval_every_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'nan_policy',
+           'compilation_cache_dir')
 
 
 # --- runs ---------------------------------------------------------------------------------------------
