@@ -159,6 +159,10 @@ def render(facts, outcomes, timing):
                  + ' (the sha256 manifest written with each save; detected = 12 set aside, fell back to 11, '
                  'bit-identical): `' + (flips['message'] or ['?'])[0][:200] + '…`',
                  outcome(outcomes, 'test_flipped_bytes')))
+  if 'abstract_restore' in facts:
+    rows.append(('Resume: the initial state computed only to be overwritten', '1× in-process',
+                 facts['abstract_restore'] + '; with every checkpoint damaged, `train.py` compiles nothing',
+                 outcome(outcomes, 'test_resume_restores_into_abstract')))
   if 'nan_stop' in facts:
     rows.append(("NaN loss, `nan_policy='stop'`",
                  '1× — NaN pixel in the batch of step 6 (a checkpoint step)',

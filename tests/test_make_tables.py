@@ -174,3 +174,9 @@ def test_generic_duplicates_count_once_but_other_configs_of_a_seed_count(tmp_pat
   assert '| 0.0 | 88.00 ± 1.00 [3] | 91.00 ± 1.41 [2] | 93.00 [1] |' in out
   assert '| 0.2 | 75.00 [1] | 82.00 ± 2.83 [2]‡ | — |' in out
   assert f'- 0.0 × sam: {root}/sam/noise0/zcopy/results.json repeats a seed already counted; ignored' in out
+
+
+def test_generic_tables_ignore_every_bookkeeping_field():
+  """A field that may change on resume (config_check.BOOKKEEPING) never splits runs into experiments."""
+  from rsam.training import config_check
+  assert [f for f in config_check.BOOKKEEPING if not f.startswith(make_tables.IGNORED)] == []
