@@ -47,7 +47,7 @@ CHECKED = ('batch_size', 'num_epochs', 'total_steps', 'grad_accum_steps', 'loss'
            'data.image_size', 'data.randaugment_layers', 'data.randaugment_magnitude')
 # Fields that never make two runs different experiments (generic tables): config_check.BOOKKEEPING (a
 # test keeps them in step; not imported, to keep this script free of JAX), the seed and the NaN policy.
-IGNORED = ('seed', 'wandb.', 'distributed.', 'data.data_dir', 'eval_sets', 'eval_batch_size',
+IGNORED = ('seed', 'wandb', 'distributed', 'data.data_dir', 'eval_sets', 'eval_batch_size',
            'eval_every_steps', 'eval_intervals', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
            'nan_policy', 'profile', 'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s')
 
