@@ -1,0 +1,43 @@
+"""The mutation harness (tests/mutation.py): its list still applies to today's code, and a smoke run in a
+temporary copy kills a real break and lets a behaviour-free change survive, leaving the checkout alone."""
+import hashlib
+import os
+
+import pytest
+
+from tests import mutation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_apply_needs_exactly_one_occurrence():
+  m = mutation.Mutation('x', 'f.py', 'a + b', 'a - b')
+  assert mutation.apply('y = a + b\n', m) == 'y = a - b\n'
+  for text in ('y = a * b\n', 'y = a + b + (a + b)\n'):
+    with pytest.raises(ValueError, match='must be once'):
+      mutation.apply(text, m)
+
+
+def test_every_mutation_applies_to_todays_code():
+  ids = [m.id for m in mutation.MUTATIONS + mutation.SMOKE]
+  assert len(ids) == len(set(ids))
+  for m in mutation.MUTATIONS + mutation.SMOKE:
+    with open(os.path.join(ROOT, m.file)) as f:
+      text = f.read()
+    assert mutation.apply(text, m) != text, m.id
+    for arg in m.pytest_args():
+      if arg.startswith('tests/'):
+        assert os.path.exists(os.path.join(ROOT, arg.split('::')[0])), (m.id, arg)
+
+
+def _digest(paths):
+  return {p: hashlib.sha256(open(os.path.join(ROOT, p), 'rb').read()).hexdigest() for p in paths}
+
+
+def test_smoke_kills_a_break_and_spares_a_no_op():
+  files = sorted({m.file for m in mutation.SMOKE})
+  before = _digest(files)
+  results = mutation.run(mutation.SMOKE, ROOT, timeout=600, baseline=False)
+  assert [r.status for r in results] == ['killed', 'survived'], [r.output for r in results]
+  assert _digest(files) == before, 'the harness changed the checkout'
+  assert 'survived' in mutation.report(results).splitlines()[2]  # survivors first
