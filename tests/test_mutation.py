@@ -41,3 +41,14 @@ def test_smoke_kills_a_break_and_spares_a_no_op():
   assert [r.status for r in results] == ['killed', 'survived'], [r.output for r in results]
   assert _digest(files) == before, 'the harness changed the checkout'
   assert 'survived' in mutation.report(results).splitlines()[2]  # survivors first
+
+
+def test_command_line_lists_the_mutations(capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('mutation_test', os.path.join(ROOT, 'scripts', 'mutation_test.py'))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  assert cli.main(['--list', '--only', 'factory-lam', 'eval-real']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split()[0] for line in lines] == ['factory-lam-constant', 'eval-real-from-original',
+                                                  'eval-real-unlabelled-counted']
