@@ -191,6 +191,8 @@ def _image(i):
 REAL = [(100 + i, labels) for i, labels in enumerate(
     [[3], [5, 7], [], [999, 1], [], [42], [0, 1, 2]])]
 V2 = {'matched-frequency': [7, 300, 12, 5, 999], 'threshold-0.7': [1, 2, 3, 4, 6, 8]}
+IMAGENET_R = [1, 2, 4, 6, 8, 9]
+IMAGENET_C = {'fog_2': [10, 11, 12], 'snow_2': [20, 21, 22, 23, 24], 'snow_3': [30, 31]}
 
 
 @pytest.fixture(scope='module')
@@ -203,6 +205,12 @@ def imagenet_dir(tmp_path_factory):
   for variant, labels in V2.items():
     _prepare('imagenet_v2', [{'image': _image(i), 'label': label, 'file_name': f'{variant}/{i}.jpeg'}
                              for i, label in enumerate(labels)], data_dir, config=variant, split='test')
+  _prepare('imagenet_r', [{'image': _image(i), 'label': label, 'file_name': f'{i}.jpg'}
+                          for i, label in enumerate(IMAGENET_R)], data_dir, split='test')
+  for config, labels in IMAGENET_C.items():  # its images are 224x224 centre crops
+    _prepare('imagenet2012_corrupted',
+             [{'image': np.full((224, 224, 3), i, np.uint8), 'label': label, 'file_name': f'{i}.JPEG'}
+              for i, label in enumerate(labels)], data_dir, config=config)
   return data_dir
 
 
@@ -255,5 +263,28 @@ def test_imagenet_v2_reads_matched_frequency(imagenet_dir, monkeypatch):
   rows, sets = _rows(imagenet_dir, 'imagenet_v2', monkeypatch)
   assert sets[0].info == {'dataset': 'imagenet_v2/matched-frequency', 'split': 'test'}
   assert sets[0].num_examples == len(V2['matched-frequency'])
+  assert sets[0].num_batches == sets[1].num_batches == 2  # slices of 3 and 2, local batch 2
   assert sorted(int(r['label']) for r in rows) == sorted(V2['matched-frequency'])
   assert all(r['image'].shape == (16, 16, 3) for r in rows)
+
+
+def test_imagenet_r_and_c_labels_and_sizes(imagenet_dir, monkeypatch):
+  rows, sets = _rows(imagenet_dir, 'imagenet_r', monkeypatch)
+  assert sets[0].num_examples == len(IMAGENET_R) and sets[0].info['dataset'] == 'imagenet_r'
+  assert sorted(int(r['label']) for r in rows) == IMAGENET_R
+  from data import input_pipeline
+  monkeypatch.setattr(input_pipeline, '_count', lambda ds: pytest.fail('counted a dataset'))
+  cfg = ml_collections.ConfigDict({'name': 'imagenet2012', 'image_size': 16, 'data_dir': imagenet_dir,
+                                   'imagenet_c_corruptions': ('fog', 'snow'),
+                                   'imagenet_c_severities': (2,)})
+  c_sets = [data.make_eval_sets(cfg, ['imagenet_c'], global_batch_size=4, process_index=p,
+                                process_count=2)['imagenet_c'] for p in range(2)]
+  assert c_sets[0].info['subset_keys'] == [('fog', 2), ('snow', 2)]
+  assert c_sets[0].num_examples == 3 + 5       # snow_3 exists but is not asked for
+  assert c_sets[0].num_batches == 1 + 2        # slices of 2/1 and 3/2 examples, local batch 2
+  got = {}
+  for s in c_sets:
+    for b in s.iterate():
+      for label, subset in zip(b['label'][b['mask'] > 0], b['subset'][b['mask'] > 0]):
+        got.setdefault(int(subset), []).append(int(label))
+  assert {k: sorted(v) for k, v in got.items()} == {0: IMAGENET_C['fog_2'], 1: IMAGENET_C['snow_2']}
