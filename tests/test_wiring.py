@@ -238,3 +238,36 @@ def test_optimizer_from_config(name, nesterov, kernels_only):
     p = optax.apply_updates(p, updates)
   expected = _np_optimizer(name, params, grads_seq, **h)
   np.testing.assert_allclose(flat(p), flat(expected), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- a whole config -> train_step.build
+def test_build_hands_every_part_its_fields():
+  """train_step.build: the lr schedule from config.schedule and config.optimizer.lr, the updater's ρ tied
+  to THAT schedule, its α/λ/γ, grad_accum_steps and the total steps, checked against closed forms."""
+  from configs.common import get_base_config
+  from rsam.training import train_step
+  config = get_base_config('rgsam')
+  config.data.name = 'digits'
+  config.model.name = 'resnet_tiny'
+  config.total_steps = 60
+  config.batch_size = 32
+  config.grad_accum_steps = 2
+  config.optimizer.lr = 0.3
+  config.schedule.update(name='linear', warmup_steps=6, end_lr=0.03)
+  config.updater.update(rho_max=0.9, rho_min=0.2, rho_warmup_steps=3, alpha=0.15, lam=1.3, gamma=0.02,
+                        gamma_growth=3.0)
+  run = train_step.build(config, train_step.make_mesh())
+  assert run.total_steps == 60 and run.num_classes == 10
+  upd = run.updater
+  assert (upd.alpha, upd.lam, upd.accum_steps) == (0.15, 1.3, 2)
+
+  def lr(step):
+    return 0.3 * step / 6 if step < 6 else 0.3 + (0.03 - 0.3) * (step - 6) / 54
+  for step in (0, 1, 2, 5, 6, 30, 59):
+    np.testing.assert_allclose(run.schedule(step), lr(step), rtol=1e-5, atol=1e-8)
+    tied = 0.2 + (0.9 - 0.2) * (lr(step) - 0.03) / (0.3 - 0.03)
+    expected_rho = 0.9 * lr(step) / 0.3 if step + 1 < 3 else tied
+    np.testing.assert_allclose(upd.rho(step), expected_rho, rtol=1e-5, atol=1e-7, err_msg=f'step {step}')
+    t = step + 1
+    np.testing.assert_allclose(upd.gamma(step), 0.02 * (1 + 2.0 * (1 - math.cos(math.pi * t / 60)) / 2),
+                               rtol=1e-5)
