@@ -105,6 +105,22 @@ def run_pytest(root: str, args: Sequence[str], timeout: float) -> Tuple[str, str
   return status, (proc.stdout + proc.stderr)[-2000:]
 
 
+def baseline_selections(mutations: Sequence[Mutation]) -> List[Tuple[str, ...]]:
+  """The fewest pytest runs that cover every mutation's selection: one per set of options (-m, -k, ...),
+  over the union of its test files; a node id (file::test) is left out when its whole file runs."""
+  groups = {}
+  for m in mutations:
+    args = m.pytest_args()
+    paths = [a for a in args if a.startswith('tests/')]
+    options = tuple(a for a in args if not a.startswith('tests/'))
+    groups.setdefault(options, set()).update(paths)
+  runs = []
+  for options, paths in sorted(groups.items()):
+    kept = sorted(p for p in paths if '::' not in p or p.split('::')[0] not in paths)
+    runs.append(tuple(kept) + options)
+  return runs
+
+
 def run(mutations: Iterable[Mutation], root: str, *, timeout: float = 600, baseline: bool = True,
         log: Optional[Callable[[str], None]] = None) -> List[Result]:
   """Runs each mutation in a temporary copy of the checkout at ``root``; the results in order.
@@ -121,7 +137,7 @@ def run(mutations: Iterable[Mutation], root: str, *, timeout: float = 600, basel
       with open(os.path.join(tmp, m.file)) as f:
         apply(f.read(), m)
     if baseline:
-      selections = sorted({m.pytest_args() for m in mutations})
+      selections = baseline_selections(mutations)
       for selection in selections:
         status, out = run_pytest(tmp, selection, timeout)
         if status != 'survived':

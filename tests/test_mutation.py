@@ -52,3 +52,11 @@ def test_command_line_lists_the_mutations(capsys):
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[0] for line in lines] == ['factory-lam-constant', 'eval-real-from-original',
                                                   'eval-real-unlabelled-counted']
+
+
+def test_baseline_runs_each_file_once_per_option_set():
+  M = mutation.Mutation
+  ms = [M('a', 'f', 'x', 'y', tests=('tests/a.py', 'tests/b.py')), M('b', 'f', 'x', 'y', tests=('tests/a.py::t',)),
+        M('c', 'f', 'x', 'y', tests=('tests/c.py::u',)), M('d', 'f', 'x', 'y', tests=('tests/b.py', '-m', 'not slow'))]
+  assert mutation.baseline_selections(ms) == [
+      ('tests/a.py', 'tests/b.py', 'tests/c.py::u'), ('tests/b.py', '-m', 'not slow')]
