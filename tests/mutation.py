@@ -67,6 +67,13 @@ class Result:
   seconds: float
   output: str     # the tail of pytest's output
 
+  def killer(self) -> str:
+    """The first failing test named in the output ('?' when none is)."""
+    for line in self.output.splitlines():
+      if line.startswith(('FAILED ', 'ERROR ')):
+        return line.split()[1]
+    return '?'
+
 
 def apply(text: str, mutation: Mutation) -> str:
   """``text`` with the mutation's snippet replaced; ValueError unless it occurs exactly once."""
@@ -157,16 +164,19 @@ def run(mutations: Iterable[Mutation], root: str, *, timeout: float = 600, basel
         with open(path, 'w') as f:
           f.write(original)
       results.append(Result(m, status, time.monotonic() - start, out))
-      log(f'{status:8s} {results[-1].seconds:6.1f}s  {m.id}')
+      killer = f'  by {results[-1].killer()}' if status == 'killed' else ''
+      log(f'{status:8s} {results[-1].seconds:6.1f}s  {m.id}{killer}')
   return results
 
 
 def report(results: Sequence[Result]) -> str:
   """A markdown table of the results, survivors first."""
   order = {'survived': 0, 'error': 1, 'timeout': 2, 'killed': 3}
-  lines = ['| status | mutation | file | seconds | note |', '|---|---|---|---|---|']
+  lines = ['| status | mutation | file | seconds | caught by | note |', '|---|---|---|---|---|---|']
   for r in sorted(results, key=lambda r: order[r.status]):
-    lines.append(f'| {r.status} | {r.mutation.id} | {r.mutation.file} | {r.seconds:.0f} | {r.mutation.note} |')
+    killer = r.killer() if r.status == 'killed' else ''
+    lines.append(f'| {r.status} | {r.mutation.id} | {r.mutation.file} | {r.seconds:.0f} | {killer} | '
+                 f'{r.mutation.note} |')
   counts = {s: sum(r.status == s for r in results) for s in order}
   lines.append('')
   lines.append(', '.join(f'{n} {s}' for s, n in counts.items() if n))

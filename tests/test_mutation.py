@@ -41,6 +41,7 @@ def test_smoke_kills_a_break_and_spares_a_no_op():
   assert [r.status for r in results] == ['killed', 'survived'], [r.output for r in results]
   assert _digest(files) == before, 'the harness changed the checkout'
   assert 'survived' in mutation.report(results).splitlines()[2]  # survivors first
+  assert results[0].killer().startswith('tests/test_wiring.py::test_schedule_from_config')
 
 
 def test_command_line_lists_the_mutations(capsys):
