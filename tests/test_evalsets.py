@@ -155,3 +155,136 @@ def test_imagenet_eval_sets_on_mock_data():
   assert c_result['accuracy'] == 0.5
   assert real_batch['real_labels'].shape == (4, 1000) and real_batch['real_labels'].dtype == bool
   assert sets['imagenet_r'].info['imagenet_r_protocol'] == 'mask200'
+
+
+# ---------------------------------------------------------------------------------------------
+# Label sources, in the format tfds really serves. tfds.testing.mock_data makes up examples and
+# no split metadata, so those tests take the "count every slice" branch and cannot tell which
+# feature a label comes from. Here the real builders (their features, file format and
+# dataset_info.json) write a few examples the test chooses: _generate_examples is the only part
+# replaced, since the real one reads the ILSVRC2012 tars.
+
+def _prepare(tfds_name, examples, data_dir, config=None, split='validation'):
+  """Writes `examples` as `split` of the registered builder `tfds_name` (its features and
+  version) into data_dir, as `tfds build` would."""
+  base = tfds.builder_cls(tfds_name)
+
+  class Prepared(base, skip_registration=True):
+    name = base.name
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples()}
+
+    def _generate_examples(self):
+      yield from enumerate(examples)
+
+  Prepared(data_dir=data_dir, config=config).download_and_prepare()
+
+
+def _image(i):
+  return np.full((8, 8, 3), 20 * i, np.uint8)
+
+
+# ReaL: original labels are unique (they identify a row after tfds' shuffle) and never among the
+# example's ReaL labels; lists of one, several and no labels (about 3.5k of the 50k are empty).
+REAL = [(100 + i, labels) for i, labels in enumerate(
+    [[3], [5, 7], [], [999, 1], [], [42], [0, 1, 2]])]
+V2 = {'matched-frequency': [7, 300, 12, 5, 999], 'threshold-0.7': [1, 2, 3, 4, 6, 8]}
+IMAGENET_R = [1, 2, 4, 6, 8, 9]
+IMAGENET_C = {'fog_2': [10, 11, 12], 'snow_2': [20, 21, 22, 23, 24], 'snow_3': [30, 31]}
+
+
+@pytest.fixture(scope='module')
+def imagenet_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  _prepare('imagenet2012_real',
+           [{'image': _image(i), 'original_label': orig, 'real_label': real,
+             'file_name': f'ILSVRC2012_val_{i:08d}.JPEG'} for i, (orig, real) in enumerate(REAL)],
+           data_dir)
+  for variant, labels in V2.items():
+    _prepare('imagenet_v2', [{'image': _image(i), 'label': label, 'file_name': f'{variant}/{i}.jpeg'}
+                             for i, label in enumerate(labels)], data_dir, config=variant, split='test')
+  _prepare('imagenet_r', [{'image': _image(i), 'label': label, 'file_name': f'{i}.jpg'}
+                          for i, label in enumerate(IMAGENET_R)], data_dir, split='test')
+  for config, labels in IMAGENET_C.items():  # its images are 224x224 centre crops
+    _prepare('imagenet2012_corrupted',
+             [{'image': np.full((224, 224, 3), i, np.uint8), 'label': label, 'file_name': f'{i}.JPEG'}
+              for i, label in enumerate(labels)], data_dir, config=config)
+  return data_dir
+
+
+def _rows(data_dir, name, monkeypatch, process_count=2, global_batch=4):
+  """The unmasked rows of every process, the EvalSets; counting a dataset is forbidden: the sizes
+  must come from the metadata, as in real runs."""
+  from data import input_pipeline
+
+  def no_count(ds):
+    raise AssertionError('counted a dataset although its metadata gives the sizes')
+  monkeypatch.setattr(input_pipeline, '_count', no_count)
+  cfg = ml_collections.ConfigDict({'name': 'imagenet2012', 'image_size': 16, 'data_dir': data_dir})
+  sets = [data.make_eval_sets(cfg, [name], global_batch_size=global_batch, process_index=p,
+                              process_count=process_count)[name] for p in range(process_count)]
+  rows = []
+  for s in sets:
+    batches = list(s.iterate())
+    assert len(batches) == s.num_batches
+    for b in batches:
+      keep = b['mask'] > 0
+      rows += [{k: v[i] for k, v in b.items()} for i in np.flatnonzero(keep)]
+  return rows, sets
+
+
+def test_real_labels_come_from_real_label(imagenet_dir, monkeypatch):
+  rows, sets = _rows(imagenet_dir, 'imagenet_real', monkeypatch)
+  assert sets[0].num_examples == len(REAL) == len(rows)
+  assert sets[0].num_batches == sets[1].num_batches == 2  # slices of 4 and 3, local batch 2
+  expected = dict(REAL)
+  for row in rows:
+    real = expected[int(row['label'])]  # 'label' is original_label
+    assert row['real_labels'].shape == (1000,) and row['real_labels'].dtype == bool
+    assert sorted(np.flatnonzero(row['real_labels'])) == sorted(real), int(row['label'])
+  # Predicting the original label scores 0 (it is never a ReaL label here); predicting the
+  # first ReaL label scores 1, over the 5 labelled images only.
+  by_original = lambda batch, pick: _onehot_logits(  # noqa: E731
+      [pick(int(o)) for o in batch['label']], 1000)
+  first_real = lambda o: (expected.get(o) or [0])[0]  # noqa: E731
+  assert sets[0].finalize(sets[0].metric_fn(by_original(rows_batch(rows), lambda o: o),
+                                            rows_batch(rows))) == {'accuracy': 0.0, 'count': 5.0}
+  assert sets[0].finalize(sets[0].metric_fn(by_original(rows_batch(rows), first_real),
+                                            rows_batch(rows))) == {'accuracy': 1.0, 'count': 5.0}
+
+
+def rows_batch(rows):
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def test_imagenet_v2_reads_matched_frequency(imagenet_dir, monkeypatch):
+  rows, sets = _rows(imagenet_dir, 'imagenet_v2', monkeypatch)
+  assert sets[0].info == {'dataset': 'imagenet_v2/matched-frequency', 'split': 'test'}
+  assert sets[0].num_examples == len(V2['matched-frequency'])
+  assert sets[0].num_batches == sets[1].num_batches == 2  # slices of 3 and 2, local batch 2
+  assert sorted(int(r['label']) for r in rows) == sorted(V2['matched-frequency'])
+  assert all(r['image'].shape == (16, 16, 3) for r in rows)
+
+
+def test_imagenet_r_and_c_labels_and_sizes(imagenet_dir, monkeypatch):
+  rows, sets = _rows(imagenet_dir, 'imagenet_r', monkeypatch)
+  assert sets[0].num_examples == len(IMAGENET_R) and sets[0].info['dataset'] == 'imagenet_r'
+  assert sorted(int(r['label']) for r in rows) == IMAGENET_R
+  from data import input_pipeline
+  monkeypatch.setattr(input_pipeline, '_count', lambda ds: pytest.fail('counted a dataset'))
+  cfg = ml_collections.ConfigDict({'name': 'imagenet2012', 'image_size': 16, 'data_dir': imagenet_dir,
+                                   'imagenet_c_corruptions': ('fog', 'snow'),
+                                   'imagenet_c_severities': (2,)})
+  c_sets = [data.make_eval_sets(cfg, ['imagenet_c'], global_batch_size=4, process_index=p,
+                                process_count=2)['imagenet_c'] for p in range(2)]
+  assert c_sets[0].info['subset_keys'] == [('fog', 2), ('snow', 2)]
+  assert c_sets[0].num_examples == 3 + 5       # snow_3 exists but is not asked for
+  assert c_sets[0].num_batches == 1 + 2        # slices of 2/1 and 3/2 examples, local batch 2
+  got = {}
+  for s in c_sets:
+    for b in s.iterate():
+      for label, subset in zip(b['label'][b['mask'] > 0], b['subset'][b['mask'] > 0]):
+        got.setdefault(int(subset), []).append(int(label))
+  assert {k: sorted(v) for k, v in got.items()} == {0: IMAGENET_C['fog_2'], 1: IMAGENET_C['snow_2']}

@@ -4,6 +4,7 @@ Big models are only traced (``jax.eval_shape``); real compute runs on the tiny v
 On CPU, XLA compilation dominates, so inits and jitted applies are cached per model
 config and the tests share input shapes.
 """
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,7 +259,9 @@ def test_dropout(name, overrides, check_eval):
     e1, _ = forward(model, v, x, train=False)  # no dropout rng needed in eval
     e2, _ = forward(model, v, x, train=False)
     np.testing.assert_array_equal(e1, e2)
-  with pytest.raises(Exception):   # train with dropout > 0 needs the 'dropout' rng
+  # Train with dropout > 0 needs the 'dropout' rng: flax's own error for a missing rng stream, nothing else
+  # (a shape or dtype error would also be "an exception").
+  with pytest.raises(flax.errors.InvalidRngError, match="dropout"):
     jax.eval_shape(lambda: model.apply(v, x, train=True, mutable=["batch_stats"]))
 
 

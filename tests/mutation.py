@@ -1,0 +1,299 @@
+"""A small mutation-testing harness: break the code on purpose, one change at a time, and check that the
+tests relevant to the changed file notice.
+
+Each ``Mutation`` replaces one exact snippet of one file (it must occur exactly once, so the list fails
+loudly when the code moves on). ``run`` copies the checkout (the files git tracks plus untracked,
+not-ignored ones) into a temporary folder, and for each mutation writes the mutated file THERE, runs
+pytest on the mutation's tests with that copy first on the path, and restores the file. The working tree
+is never touched. A mutation is
+
+  killed    the tests failed (pytest exit status 1), as they should;
+  survived  the tests passed: either a gap in the tests or an equivalent mutation (a change that cannot
+            alter behaviour); the list notes the known equivalent ones;
+  timeout   the tests ran past the limit (counted as killed by most tools; reported apart here);
+  error     pytest could not run the selection (exit status 2-5: a wrong test id, no tests collected).
+
+The command line is ``scripts/mutation_test.py``; the list is ``MUTATIONS`` below. Tests for the harness
+itself (and a smoke run in CI) are in tests/test_mutation.py.
+"""
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+# The tests that exercise each file (pytest arguments); a mutation may name a narrower selection.
+RELEVANT_TESTS = {
+    'rsam/factory.py': ('tests/test_wiring.py', 'tests/test_updaters.py'),
+    'rsam/updaters.py': ('tests/test_updaters.py', 'tests/test_wiring.py'),
+    'rsam/schedules.py': ('tests/test_wiring.py', 'tests/test_updaters.py'),
+    'rsam/noise.py': ('tests/test_updaters.py',),
+    'rsam/tree.py': ('tests/test_updaters.py',),
+    'rsam/msharpness.py': ('tests/test_updaters.py',),
+    'rsam/training/optim.py': ('tests/test_wiring.py', 'tests/test_configs.py', '-m', 'not slow'),
+    'rsam/training/losses.py': ('tests/test_train_step.py',),
+    'rsam/training/train_step.py': ('tests/test_train_step.py',),
+    'data/mixup.py': ('tests/test_train_step.py', 'tests/test_augment.py', '-k', 'mixup or feeds'),
+    'data/evalsets.py': ('tests/test_evalsets.py',),
+    'data/input_pipeline.py': ('tests/test_evalsets.py', 'tests/test_data.py', '-m', 'not slow'),
+    'data/sources.py': ('tests/test_evalsets.py', 'tests/test_data.py', '-m', 'not slow'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  id: str
+  file: str       # relative to the checkout root
+  old: str        # an exact snippet, present exactly once in the file
+  new: str
+  tests: Tuple[str, ...] = ()   # pytest arguments; empty: RELEVANT_TESTS[file]
+  note: str = ''  # what the mutation stands for (or why it is equivalent)
+
+  def pytest_args(self) -> Tuple[str, ...]:
+    if self.tests:
+      return self.tests
+    if self.file not in RELEVANT_TESTS:
+      raise ValueError(f'{self.id}: no tests named and {self.file} is not in RELEVANT_TESTS')
+    return RELEVANT_TESTS[self.file]
+
+
+@dataclasses.dataclass
+class Result:
+  mutation: Mutation
+  status: str     # killed | survived | timeout | error
+  seconds: float
+  output: str     # the tail of pytest's output
+
+  def killer(self) -> str:
+    """The first failing test named in the output ('?' when none is)."""
+    for line in self.output.splitlines():
+      if line.startswith(('FAILED ', 'ERROR ')):
+        return line.split()[1]
+    return '?'
+
+
+def apply(text: str, mutation: Mutation) -> str:
+  """``text`` with the mutation's snippet replaced; ValueError unless it occurs exactly once."""
+  count = text.count(mutation.old)
+  if count != 1:
+    raise ValueError(f'{mutation.id}: the snippet occurs {count} times in {mutation.file} (must be once): '
+                     f'{mutation.old!r}')
+  return text.replace(mutation.old, mutation.new)
+
+
+def checkout_files(root: str) -> List[str]:
+  """The files of the checkout: tracked plus untracked-but-not-ignored (git), relative paths."""
+  out = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=root,
+                       check=True, capture_output=True).stdout.decode()
+  return [p for p in out.split('\0') if p and os.path.isfile(os.path.join(root, p))]
+
+
+def copy_checkout(root: str, dest: str) -> None:
+  """Copies the checkout's files (``checkout_files``) from ``root`` into ``dest``."""
+  for rel in checkout_files(root):
+    target = os.path.join(dest, rel)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy2(os.path.join(root, rel), target)
+
+
+def run_pytest(root: str, args: Sequence[str], timeout: float) -> Tuple[str, str]:
+  """Runs pytest in ``root`` with ``root`` first on the path; (status, output tail)."""
+  env = dict(os.environ, PYTHONPATH=root, PYTHONDONTWRITEBYTECODE='1')
+  cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *args]
+  try:
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired as e:
+    out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
+    return 'timeout', out[-2000:]
+  status = {0: 'survived', 1: 'killed'}.get(proc.returncode, 'error')
+  return status, (proc.stdout + proc.stderr)[-2000:]
+
+
+def baseline_selections(mutations: Sequence[Mutation]) -> List[Tuple[str, ...]]:
+  """The fewest pytest runs that cover every mutation's selection: one per set of options (-m, -k, ...),
+  over the union of its test files; a node id (file::test) is left out when its whole file runs."""
+  groups = {}
+  for m in mutations:
+    args = m.pytest_args()
+    paths = [a for a in args if a.startswith('tests/')]
+    options = tuple(a for a in args if not a.startswith('tests/'))
+    groups.setdefault(options, set()).update(paths)
+  runs = []
+  for options, paths in sorted(groups.items()):
+    kept = sorted(p for p in paths if '::' not in p or p.split('::')[0] not in paths)
+    runs.append(tuple(kept) + options)
+  return runs
+
+
+def run(mutations: Iterable[Mutation], root: str, *, timeout: float = 600, baseline: bool = True,
+        log: Optional[Callable[[str], None]] = None) -> List[Result]:
+  """Runs each mutation in a temporary copy of the checkout at ``root``; the results in order.
+
+  ``baseline``: first run every selection on the unmutated copy and stop (RuntimeError) if one fails --
+  a mutation can only be judged against tests that pass on today's code.
+  """
+  mutations = list(mutations)
+  log = log or (lambda s: None)
+  results = []
+  with tempfile.TemporaryDirectory(prefix='rsam-mutation-') as tmp:
+    copy_checkout(root, tmp)
+    for m in mutations:  # every snippet must apply before anything runs
+      with open(os.path.join(tmp, m.file)) as f:
+        apply(f.read(), m)
+    if baseline:
+      selections = baseline_selections(mutations)
+      for selection in selections:
+        status, out = run_pytest(tmp, selection, timeout)
+        if status != 'survived':
+          raise RuntimeError(f'{" ".join(selection)} fails on the unmutated code ({status}); fix that '
+                             f'first:\n{out}')
+      log(f'baseline: {len(selections)} test selections pass on the unmutated copy')
+    for m in mutations:
+      path = os.path.join(tmp, m.file)
+      with open(path) as f:
+        original = f.read()
+      start = time.monotonic()
+      try:
+        with open(path, 'w') as f:
+          f.write(apply(original, m))
+        status, out = run_pytest(tmp, m.pytest_args(), timeout)
+      finally:
+        with open(path, 'w') as f:
+          f.write(original)
+      results.append(Result(m, status, time.monotonic() - start, out))
+      killer = f'  by {results[-1].killer()}' if status == 'killed' else ''
+      log(f'{status:8s} {results[-1].seconds:6.1f}s  {m.id}{killer}')
+  return results
+
+
+def report(results: Sequence[Result]) -> str:
+  """A markdown table of the results, survivors first."""
+  order = {'survived': 0, 'error': 1, 'timeout': 2, 'killed': 3}
+  lines = ['| status | mutation | file | seconds | caught by | note |', '|---|---|---|---|---|---|']
+  for r in sorted(results, key=lambda r: order[r.status]):
+    killer = r.killer() if r.status == 'killed' else ''
+    lines.append(f'| {r.status} | {r.mutation.id} | {r.mutation.file} | {r.seconds:.0f} | {killer} | '
+                 f'{r.mutation.note} |')
+  counts = {s: sum(r.status == s for r in results) for s in order}
+  lines.append('')
+  lines.append(', '.join(f'{n} {s}' for s, n in counts.items() if n))
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The list. Each entry stands for a class of fault (issue: tests that fail when the code is wrong).
+M = Mutation
+MUTATIONS = (
+    # config -> updater wiring (rsam/factory.py)
+    M('factory-lam-constant', 'rsam/factory.py', "lam=cfg.get('lam', 1.0)", 'lam=1.0',
+      note="R-SAM's λ never reaches the updater"),
+    M('factory-alpha-constant', 'rsam/factory.py', "alpha=cfg.get('alpha', 0.0)", 'alpha=0.4',
+      note="GSAM's α forced to its default"),
+    M('factory-eta-dropped', 'rsam/factory.py', "eta=cfg.get('eta', 0.0)", 'eta=0.01',
+      note="ASAM's η forced to its default"),
+    M('factory-scale-biases-dropped', 'rsam/factory.py', "scale_biases=cfg.get('scale_biases', False)",
+      'scale_biases=False', note='ASAM scale_biases ignored'),
+    M('factory-clean-loss-dropped', 'rsam/factory.py', "clean_loss=cfg.get('clean_loss', False)",
+      'clean_loss=False', note='clean_loss ignored'),
+    M('factory-gamma-growth-dropped', 'rsam/factory.py',
+      "gamma = cosine_increase(cfg.gamma, cfg.gamma_growth, total_steps) if 'gamma' in cfg else None",
+      "gamma = cosine_increase(cfg.gamma, 5.0, total_steps) if 'gamma' in cfg else None",
+      note='gamma_growth forced to the R-SAM default'),
+    M('factory-warmup-dropped', 'rsam/factory.py', 'warmup_steps=cfg.rho_warmup_steps)',
+      'warmup_steps=0)', note='rho_warmup_steps ignored'),
+    M('factory-rho-min-max-swapped', 'rsam/factory.py', 'rho_max=cfg.rho_max, rho_min=cfg.rho_min',
+      'rho_max=cfg.rho_min, rho_min=cfg.rho_max', note='lr-tied ρ endpoints swapped'),
+    M('factory-lpf-num-samples', 'rsam/factory.py', 'num_samples=cfg.num_samples)', 'num_samples=1)',
+      note='LPF-SGD num_samples ignored'),
+    M('factory-group-mode-dropped', 'rsam/factory.py', 'mode=cfg.group_mode)', "mode='auto')",
+      note='m-sharpness group_mode ignored'),
+    M('factory-accum-dropped', 'rsam/factory.py', 'return Plain(accum_steps=accum_steps)', 'return Plain()',
+      note='grad_accum_steps ignored by the plain updater'),
+    # the updater maths (rsam/updaters.py)
+    M('updater-gsam-sign', 'rsam/updaters.py', 'b - alpha * (a - coef * b)', 'b + alpha * (a - coef * b)',
+      note='GSAM descends along +g_perp'),
+    M('updater-lam-dropped', 'rsam/updaters.py', 'd + self.lam * g', 'd + g', note='λ dropped in the ascent'),
+    M('updater-no-ascent', 'rsam/updaters.py', '_, g_adv, _, _ = grad_at(T.add_scaled(params, 1.0, e))',
+      '_, g_adv, _, _ = grad_at(T.add_scaled(params, 0.0, e))',
+      tests=('tests/test_updaters.py::test_bfloat16_model_gets_float32_gradients',),
+      note='ascent lost; the bf16 test alone (it used to check only dtype and finiteness)'),
+    M('updater-clean-pass-state', 'rsam/updaters.py', 'return UpdateResult(loss, grads, state, {**metrics, **diagnostics})',
+      'return UpdateResult(loss, grads, model_state, {**metrics, **diagnostics})',
+      note='BatchNorm state of the first pass thrown away'),
+    M('noise-kernel-axis', 'rsam/noise.py', 'axis=tuple(range(w.ndim - 1))', 'axis=tuple(range(1, w.ndim))',
+      note='kernel norm over the wrong axes'),
+    M('msharpness-local-group-keys', 'rsam/msharpness.py', 'jax.random.fold_in(key, first_group + k)',
+      'jax.random.fold_in(key, k)', note='m-sharpness group keys local to a device'),
+    # schedules (rsam/schedules.py)
+    M('schedule-official-t', 'rsam/schedules.py', 'return step + 1', 'return step',
+      note='0-based t in γ and the ρ warm-up'),
+    M('schedule-rho-warm-branch', 'rsam/schedules.py', 'warm = rho_max * lr / lr_max', 'warm = rho_max',
+      note='ρ warm-up branch not tied to lr'),
+    # base optimizer and lr schedule (rsam/training/optim.py)
+    M('optim-end-lr-dropped', 'rsam/training/optim.py', "end_lr = float(sched_cfg.get('end_lr', 0.0))",
+      'end_lr = 0.0', note='schedule.end_lr ignored'),
+    M('optim-nesterov-dropped', 'rsam/training/optim.py', "nesterov=opt_cfg.get('nesterov', False)",
+      'nesterov=False', note='optimizer.nesterov ignored'),
+    M('optim-b1-dropped', 'rsam/training/optim.py', "b1=opt_cfg.get('b1', 0.9)", 'b1=0.9',
+      note='AdamW b1 ignored'),
+    M('optim-rmsprop-eps', 'rsam/training/optim.py', "eps=opt_cfg.get('eps', 1e-8),\n                               momentum",
+      'eps=1e-8,\n                               momentum', note='RMSProp eps ignored'),
+    M('optim-decay-mask', 'rsam/training/optim.py', 'p.ndim > 1 or not kernels_only', 'True',
+      note='decay_kernels_only ignored'),
+    M('optim-clip-dropped', 'rsam/training/optim.py',
+      'parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))', 'pass', note='grad_clip_norm ignored'),
+    M('optim-step-factor', 'rsam/training/optim.py', 'int(f * total_steps) - warmup: sched_cfg.step_factor',
+      'int(f * total_steps): sched_cfg.step_factor', note="'step' boundaries not shifted by the warm-up"),
+    # what the train step feeds the loss (rsam/training/train_step.py, losses.py, data/mixup.py)
+    M('step-mixup-targets-dropped', 'rsam/training/train_step.py',
+      'images, targets = mixup.mixup(mix_key, images, targets, alpha=config.mixup_alpha)',
+      'images, _ = mixup.mixup(mix_key, images, targets, alpha=config.mixup_alpha)',
+      note="the step ignores mixup's mixed targets"),
+    M('step-mixup-images-dropped', 'rsam/training/train_step.py',
+      'images, targets = mixup.mixup(mix_key, images, targets, alpha=config.mixup_alpha)',
+      '_, targets = mixup.mixup(mix_key, images, targets, alpha=config.mixup_alpha)',
+      note="the step ignores mixup's mixed images"),
+    M('step-label-smoothing-dropped', 'rsam/training/train_step.py',
+      'config.loss, config.label_smoothing)', 'config.loss, 0.0)', note='label_smoothing ignored'),
+    M('step-loss-name-dropped', 'rsam/training/train_step.py', 'losses.make_loss_fn(model, config.loss)',
+      "losses.make_loss_fn(model, 'softmax_xent')", note='config.loss ignored'),
+    M('build-accum-dropped', 'rsam/training/train_step.py', 'accum_steps=config.grad_accum_steps,',
+      'accum_steps=1,', tests=('tests/test_wiring.py', 'tests/test_train_step.py'),
+      note='build drops grad_accum_steps'),
+    M('build-lr-min-dropped', 'rsam/training/train_step.py', 'lr_max=lr_max, lr_min=lr_min, mesh=mesh',
+      'lr_max=lr_max, lr_min=0.0, mesh=mesh', tests=('tests/test_wiring.py', 'tests/test_train_step.py'),
+      note='ρ tied to a schedule ending at 0'),
+    M('losses-sigmoid-floor', 'rsam/training/losses.py',
+      "floor = label_smoothing if loss == 'sigmoid_xent' else label_smoothing / num_classes",
+      'floor = label_smoothing / num_classes', note='sigmoid smoothing floor of softmax'),
+    M('mixup-labels-not-mixed', 'data/mixup.py', 'return mix(images), mix(labels)', 'return mix(images), labels',
+      note="mixup's label mixing"),
+    # evaluation label sources (data/input_pipeline.py, data/evalsets.py, data/sources.py)
+    M('eval-real-from-original', 'data/input_pipeline.py', "real = tf.one_hot(example['real_label'], 1000,",
+      "real = tf.one_hot(example['original_label'][None], 1000,",
+      tests=('tests/test_evalsets.py',), note='ReaL multi-hot from original_label'),
+    M('eval-v2-variant', 'data/sources.py', "'imagenet_v2': ('imagenet_v2/matched-frequency', 'test')",
+      "'imagenet_v2': ('imagenet_v2/threshold-0.7', 'test')", tests=('tests/test_evalsets.py',),
+      note='another ImageNet-V2 variant'),
+    M('eval-metadata-total', 'data/input_pipeline.py', '    total = sum(sizes)\n', '    total = max(sizes)\n',
+      tests=('tests/test_evalsets.py',), note='metadata branch: total of the slices'),
+    M('eval-metadata-batches', 'data/input_pipeline.py', 'num_batches = max(-(-max(sizes) // local_batch), 1)',
+      'num_batches = max(-(-min(sizes) // local_batch), 1)', tests=('tests/test_evalsets.py',),
+      note='batches from the smallest slice'),
+    M('eval-real-unlabelled-counted', 'data/evalsets.py',
+      'm = _mask(mask, logits.shape[0]) * jnp.any(real, axis=-1).astype(jnp.float32)',
+      'm = _mask(mask, logits.shape[0])', note='ReaL counts images without labels'),
+)
+
+# The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one
+# that cannot change behaviour (a comment), which must survive.
+SMOKE = (
+    M('smoke-schedule-end-lr', 'rsam/training/optim.py', "end_lr = float(sched_cfg.get('end_lr', 0.0))",
+      'end_lr = 0.0', tests=('tests/test_wiring.py::test_schedule_from_config',)),
+    M('smoke-noop-docstring', 'rsam/training/optim.py', '"""Returns (schedule, lr_max, lr_min)',
+      '"""The schedule and its ends: (schedule, lr_max, lr_min)',
+      tests=('tests/test_wiring.py::test_schedule_from_config',)),
+)
