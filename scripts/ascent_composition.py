@@ -11,6 +11,11 @@ each a mean over that window of steps):
     python scripts/ascent_composition.py train --run updater=rsam,seed=100 --log_every 10 \
         --workdir workdirs/small_scale/ascent/rsam_seed100 --out results/small_scale/ascent/rsam_seed100
 
+Over several seeds trained together (scripts/run_small_scale.py --vmap writes each seed's ``train_log``):
+
+    python scripts/ascent_composition.py seeds --results results/small_scale/issue14/custom/rsam_seed10{0,1,2} \
+        --out results/small_scale/ascent/rsam_training
+
     python scripts/ascent_composition.py report OUT [OUT ...]     # markdown of finished outputs
 
 Every output folder gets summary.json (records, summary, config, hardware, wall time); ``train`` also
@@ -88,6 +93,64 @@ def cmd_train(args) -> dict:
   return info
 
 
+def cmd_seeds(args) -> dict:
+  """Per logged step, mean ± s.e.m. over seeds of the composition (``AP.over_seeds``), from results.json
+  files (their ``train_log``); composition.png and summary.json in --out."""
+  t0 = time.time()
+  results = [paths.read_json(paths.path(r) / 'results.json') for r in args.results]
+  logs = [r['train_log'] for r in results]
+  agg = AP.over_seeds(logs)
+  records = [rec for log in logs for rec in log]
+  info = {'mode': 'seeds', 'results': list(args.results), 'seeds': [r['config']['seed'] for r in results],
+          'config': results[0]['config'], 'log_every_steps': results[0]['config']['log_every_steps'],
+          'over_seeds': agg, 'summary': AP.summarize_composition(records),
+          'eval': [r['eval'] for r in results], 'wall_time_s': round(time.time() - t0, 1)}
+  _write(args.out, info)
+  plot_seeds(args.out, agg, f"{results[0]['config']['updater']['name']} on configs/small_scale.py, seeds "
+             f"{', '.join(str(x) for x in info['seeds'])}")
+  return info
+
+
+def plot_seeds(out: str, agg: dict, title: str) -> None:
+  """composition.png: (a) ‖δ0‖ and ‖λĝ‖, (b) their ratio, (c) cos(δ0+λĝ, ĝ) and cos², over training,
+  mean ± 1 s.e.m. over seeds (shaded)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+  steps = np.asarray(agg['steps'])
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+
+  def band(ax, key, label, **kw):
+    m, e = np.asarray(agg[key]['mean']), np.asarray(agg[key]['sem'])
+    line, = ax.plot(steps, m, label=label, **kw)
+    ax.fill_between(steps, m - e, m + e, color=line.get_color(), alpha=0.2)
+
+  band(axes[0], 'noise_norm', '‖δ0‖')
+  band(axes[0], 'lam_grad_norm', '‖λĝ‖')
+  axes[0].set_yscale('log')
+  axes[0].set_title('(a) the two parts of d = δ0 + λĝ', fontsize=9)
+  band(axes[1], 'noise_grad_ratio', '‖δ0‖ / ‖λĝ‖', color='tab:purple')
+  axes[1].axhline(1, color='k', lw=0.8)
+  axes[1].set_yscale('log')
+  axes[1].set_title('(b) ratio (> 1: the noise is the larger part)', fontsize=9)
+  band(axes[2], 'ascent_grad_cos', 'cos(δ0 + λĝ, ĝ)', color='tab:green')
+  band(axes[2], 'grad_share', 'cos² (share of the ascent along ĝ)', color='tab:olive', ls='--')
+  axes[2].set_ylim(0, 1.02)
+  axes[2].set_title('(c) alignment of the ascent with the gradient', fontsize=9)
+  for ax in axes:
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(f"{title}; each point a mean over a logging window; bands ±1 s.e.m. over "
+               f"{agg['n_seeds']} seeds", fontsize=9)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=120)
+  plt.close(fig)
+  paths.write_bytes(paths.path(out) / 'composition.png', buf.getvalue())
+
+
 def plot(out: str, infos) -> None:
   """composition.png: ‖δ0‖ and ‖λĝ‖ (log scale), and cos(δ0+λĝ, ĝ) over training steps."""
   import matplotlib
@@ -124,10 +187,14 @@ def report(outs) -> str:
   for out in outs:
     info = paths.read_json(paths.path(out) / 'summary.json')
     s = info['summary']
-    head = (f"{info['config']}: {info.get('model', '')} batch {info.get('batch_size', '')} m {info.get('m', '')} "
-            f"λ {info.get('lam', '')} {info.get('compute_dtype', '')}, {info.get('steps', '')} steps at init"
-            if info['mode'] == 'init' else
-            f"{info['config']}: training, logged every {info['log_every_steps']} steps")
+    if info['mode'] == 'init':
+      head = (f"{info['config']}: {info['model']} batch {info['batch_size']} m {info['m']} λ {info['lam']} "
+              f"{info['compute_dtype']}, {info['steps']} steps at init")
+    elif info['mode'] == 'seeds':
+      head = (f"configs/small_scale.py {info['config']['updater']['name']} seeds {info['seeds']}: every logged "
+              f"window (of {info['log_every_steps']} steps) of every seed pooled")
+    else:
+      head = f"{info['config']}: training, logged every {info['log_every_steps']} steps"
     lines += [f'### {out}', '', head, '', '| quantity | mean ± s.e.m. | min | max | n |', '|---|---|---|---|---|']
     for key, label in ROWS:
       if key in s:
@@ -151,13 +218,16 @@ def main(argv=None):
   p.add_argument('--log_every', type=int, default=10)
   p.add_argument('--workdir', required=True)
   p.add_argument('--out', required=True)
+  p = sub.add_parser('seeds')
+  p.add_argument('--results', nargs='+', required=True, help='folders holding results.json with a train_log')
+  p.add_argument('--out', required=True)
   p = sub.add_parser('report')
   p.add_argument('outs', nargs='+')
   args = parser.parse_args(argv)
   if args.cmd == 'report':
     print(report(args.outs))
     return
-  info = cmd_init(args) if args.cmd == 'init' else cmd_train(args)
+  info = {'init': cmd_init, 'train': cmd_train, 'seeds': cmd_seeds}[args.cmd](args)
   print(report([args.out]))
   print(f"({info['wall_time_s']} s)")
 

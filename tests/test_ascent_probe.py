@@ -87,3 +87,38 @@ def test_probe_steps_logs_the_composition_of_each_step():
   assert recs[0]['loss'] > recs[2]['loss']  # the state does advance
   s = AP.summarize_composition(recs)
   assert s['grad_share']['mean'] == pytest.approx(np.mean([r['ascent_grad_cos'] ** 2 for r in recs]))
+
+
+def test_over_seeds_mean_and_sem_per_step():
+  logs = [[{'step': 10, 'noise_grad_ratio': r, 'ascent_grad_cos': c}, {'step': 20, 'noise_grad_ratio': 2 * r,
+                                                                        'ascent_grad_cos': c}]
+          for r, c in ((1.0, 0.6), (2.0, 0.8), (3.0, 1.0))]
+  logs[0].append({'step': 30, 'noise_grad_ratio': 9.0, 'ascent_grad_cos': 0.1})  # one seed only: dropped
+  out = AP.over_seeds(logs)
+  assert out['steps'] == [10, 20] and out['n_seeds'] == 3
+  np.testing.assert_allclose(out['noise_grad_ratio']['mean'], [2.0, 4.0])
+  np.testing.assert_allclose(out['noise_grad_ratio']['sem'], [1 / math.sqrt(3), 2 / math.sqrt(3)])
+  np.testing.assert_allclose(out['grad_share']['mean'], [(0.36 + 0.64 + 1.0) / 3] * 2)
+  assert 'noise_norm' not in out
+
+
+def test_ascent_composition_seeds_command(tmp_path):
+  import json
+  from scripts import ascent_composition
+  folders = []
+  for seed, r in ((100, 0.5), (101, 1.5)):
+    log = [{'step': s, 'noise_norm': r, 'lam_grad_norm': 1.0, 'noise_grad_ratio': r, 'grad_norm': 0.5,
+            'ascent_grad_cos': 1 / math.sqrt(1 + r * r), 'loss': 1.0 / s} for s in (10, 20)]
+    folder = tmp_path / f'rsam_seed{seed}'
+    folder.mkdir()
+    (folder / 'results.json').write_text(json.dumps({'config': {'seed': seed, 'log_every_steps': 10,
+                                                                 'updater': {'name': 'rsam'}},
+                                                     'eval': {'test': {'accuracy': 0.9}}, 'train_log': log}))
+    folders.append(str(folder))
+  ascent_composition.main(['seeds', '--results', *folders, '--out', str(tmp_path / 'out')])
+  info = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  assert info['seeds'] == [100, 101] and info['over_seeds']['steps'] == [10, 20]
+  assert info['over_seeds']['noise_grad_ratio']['mean'] == pytest.approx([1.0, 1.0])
+  assert info['summary']['noise_grad_ratio']['n'] == 4
+  assert (tmp_path / 'out' / 'composition.png').stat().st_size > 0
+  assert '| ‖δ0‖/‖λĝ‖ | 1 ± 0.29 |' in ascent_composition.report([str(tmp_path / 'out')])

@@ -121,3 +121,21 @@ def read_scalars(workdir: str, prefix: str = 'train/') -> List[dict]:
                   else float(value.simple_value))
         by_step.setdefault(int(event.step), {})[value.tag[len(prefix):]] = number
   return [{'step': s, **v} for s, v in sorted(by_step.items())]
+
+
+def over_seeds(logs: Sequence[Sequence[dict]], keys: Sequence[str] = COMPOSITION_KEYS + ('loss',)) -> dict:
+  """Training logs of S seeds (lists of ``{'step': s, key: value}``, e.g. multi_seed's ``train_log``) ->
+  ``{'steps': [...], key: {'mean': [...], 'sem': [...]}}`` over the steps every seed logged; sem is the
+  std over seeds (ddof 1) / √S (0 for one seed). ``grad_share`` (cos²) is added when the cosine is there."""
+  by_seed = [{r['step']: dict(r, grad_share=r['ascent_grad_cos'] ** 2) if 'ascent_grad_cos' in r else r
+              for r in log} for log in logs]
+  steps = sorted(set.intersection(*[set(b) for b in by_seed]))
+  keys = list(keys) + (['grad_share'] if 'ascent_grad_cos' in keys else [])
+  out = {'steps': steps, 'n_seeds': len(logs)}
+  for k in keys:
+    if not steps or any(k not in b[s] for b in by_seed for s in steps):
+      continue
+    a = np.asarray([[b[s][k] for s in steps] for b in by_seed], np.float64)
+    out[k] = {'mean': a.mean(0).tolist(),
+              'sem': (a.std(0, ddof=1) / math.sqrt(len(a))).tolist() if len(a) > 1 else [0.0] * len(steps)}
+  return out
