@@ -7,6 +7,8 @@ The argument is ``key=value`` pairs separated by commas:
   updater   plain | lpf_sgd | sam | rsam | gsam | rgsam   (default rsam; 'plain' is SGD+M here)
   seed      int (default 0): model init, data order, augmentation and noise draws
   rho, lam, gamma, gamma_growth, alpha   override the updater's TUNED value (the val sweep uses them)
+  data      noisy320 (default: the setting below) | clean (the whole clean digits train split, 1,077
+            images, same recipe: 100 epochs = 1,682 steps; the converged checkpoints of Fig. 1/2, issue #14)
 
 Setting (``SETTING``, the same budget for every updater): digits, the first 320 train images (32 per
 class) with 30% of their labels replaced by a wrong class (data.label_noise, seeded by split_seed and
@@ -31,6 +33,8 @@ UPDATERS = ('plain', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam')
 HYPER = ('rho', 'lam', 'gamma', 'gamma_growth', 'alpha')
 
 SETTING = dict(train_subset=320, label_noise=0.3, num_epochs=100.0, lr=0.05, batch_size=64)
+DATA = {'noisy320': dict(train_subset=SETTING['train_subset'], label_noise=SETTING['label_noise']),
+        'clean': dict(train_subset=None, label_noise=0.0)}
 
 # The highest mean val accuracy over the sweep's seeds 0 and 1 (64 runs; results/small_scale/README.md).
 TUNED = {
@@ -60,10 +64,14 @@ def parse_arg(arg) -> dict:
       out[key] = value
     elif key == 'seed':
       out[key] = int(value)
+    elif key == 'data':
+      if value not in DATA:
+        raise ValueError(f"data={value!r}; choose one of: {', '.join(DATA)}")
+      out[key] = value
     elif key in HYPER:
       out[key] = float(value)
     else:
-      raise ValueError(f"unknown key {key!r}; use updater, seed, {', '.join(HYPER)}")
+      raise ValueError(f"unknown key {key!r}; use updater, seed, data, {', '.join(HYPER)}")
   return out
 
 
@@ -71,11 +79,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = parse_arg(arg)
   name = args.pop('updater', 'rsam')
   seed = args.pop('seed', 0)
+  data = DATA[args.pop('data', 'noisy320')]
   c = get_base_config(name)
   c.seed = seed
   c.data.name = 'digits'
-  c.data.train_subset = SETTING['train_subset']
-  c.data.label_noise = SETTING['label_noise']
+  c.data.train_subset = data['train_subset']
+  c.data.label_noise = data['label_noise']
   c.model.name = 'resnet_tiny'
   c.optimizer.lr = SETTING['lr']
   c.batch_size = SETTING['batch_size']

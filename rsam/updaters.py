@@ -176,6 +176,27 @@ def surrogate_gap_descent(g, g_adv, alpha: float, eps: float = T.EPS):
   return jax.tree.map(lambda a, b: b - alpha * (a - coef * b), g, g_adv)
 
 
+def ascent_composition(noise_norm, grad_norm, noise_dot_grad, lam, eps: float = T.EPS) -> dict:
+  """What R-SAM's ascent direction d = δ0 + λĝ is made of, from ‖δ0‖, ‖ĝ‖ and ⟨δ0, ĝ⟩ alone.
+
+    lam_grad_norm     = λ‖ĝ‖
+    noise_grad_ratio  = ‖δ0‖ / (λ‖ĝ‖ + ε)
+    ascent_grad_cos   = cos(d, ĝ) = (⟨δ0, ĝ⟩ + λ‖ĝ‖²) / (‖d‖‖ĝ‖ + ε),
+                        ‖d‖² = ‖δ0‖² + 2λ⟨δ0, ĝ⟩ + λ²‖ĝ‖²
+
+  cos² is the share of the (unit) ascent ρ d/‖d‖ that lies along the gradient, in squared length; SAM's
+  ascent has cos = 1. With δ0 independent of ĝ, ⟨δ0, ĝ⟩ ≈ 0 and cos ≈ 1/√(1 + ratio²). The two norms
+  are already computed by the updater and ⟨δ0, ĝ⟩ is one more reduction over the parameters: no extra
+  forward or backward pass. (With ``adaptive`` the ascent is T²d/‖Td‖; these describe d before scaling.)
+  """
+  lam = jnp.asarray(lam, jnp.float32)
+  lam_grad = jnp.abs(lam) * grad_norm
+  d_sq = noise_norm ** 2 + 2 * lam * noise_dot_grad + (lam * grad_norm) ** 2
+  d_norm = jnp.sqrt(jnp.maximum(d_sq, 0.0))
+  return {'lam_grad_norm': lam_grad, 'noise_grad_ratio': noise_norm / (lam_grad + eps),
+          'ascent_grad_cos': (noise_dot_grad + lam * grad_norm ** 2) / (d_norm * grad_norm + eps)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Plain:
   """Plain gradient g = ∇L(w): the SGD / momentum / RMSProp / AdamW baselines (one pass)."""
@@ -203,6 +224,10 @@ class SharpnessAware:
       g_adv − α (ĝ − ⟨ĝ, g_adv⟩ g_adv / ‖g_adv‖²)       (GSAM, R-GSAM with ``alpha`` > 0)
     R-GSAM (paper §4.5, no public code) is this direct composition: R-SAM's ascent, then GSAM's
     decomposition of the first-pass gradient ĝ against g_adv.
+
+  Diagnostics in ``aux`` (no extra pass): ``grad_norm`` ‖ĝ‖, ``descent_grad_norm`` ‖g_adv‖,
+  ``cos_ascent_descent`` cos(ĝ, g_adv); with noise also ``noise_norm`` ‖δ0‖ and ``ascent_composition``'s
+  ``lam_grad_norm`` λ‖ĝ‖, ``noise_grad_ratio`` ‖δ0‖/‖λĝ‖ and ``ascent_grad_cos`` cos(δ0 + λĝ, ĝ).
 
   Two forward-backward passes per step. ``adaptive`` gives ASAM's scale-invariant ascent
   (``ascent_perturbation``: T = |w| + ``eta`` on weights, 1 on biases unless ``scale_biases``).
@@ -246,7 +271,11 @@ class SharpnessAware:
     _, g_adv, _, _ = grad_at(T.add_scaled(params, 1.0, e))
     grads = surrogate_gap_descent(g_first, g_adv, self.alpha, self.eps) if self.alpha else g_adv
 
-    diagnostics.update(grad_norm=T.norm(g_first), descent_grad_norm=T.norm(g_adv),
+    grad_norm = T.norm(g_first)
+    if self.gamma is not None:
+      diagnostics.update(ascent_composition(diagnostics['noise_norm'], grad_norm,
+                                            T.vdot(delta0, g_first), self.lam, self.eps))
+    diagnostics.update(grad_norm=grad_norm, descent_grad_norm=T.norm(g_adv),
                        cos_ascent_descent=T.cosine(g_first, g_adv, self.eps))
     return UpdateResult(loss, grads, state, {**metrics, **diagnostics})
 

@@ -26,13 +26,20 @@ bands are ±1 standard deviation over those samples; the CSV also holds the stan
 The analysis functions (``ascent_profile``, ``stability_samples``, ``summarize``) are pure and take any
 ``loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))``; the I/O is in ``main``.
 ``python scripts/gradient_stability.py --report OUT_DIR ...`` prints the key numbers of finished analyses
-as markdown. Outputs in ``--out``: fig1_cosine.png, fig2_loss.png, curves.csv, summary.json, samples.npz (every sample).
+as markdown.
+
+Several training seeds (issue #14): give one --config per --workdir (or one config for all); each
+checkpoint is analysed into OUT/seed<seed>/ with the same batches and noise draws, and OUT/ gets the seed
+aggregate (``aggregate_seeds``: every point ± s.e.m. over training seeds) as fig1_cosine.png (with a
+Δcos panel), fig2_loss.png, curves.csv and summary.json; ``--report_seeds OUT ...`` prints it. All files
+go through rsam/training/paths.py (local or gs://). Outputs in ``--out``: fig1_cosine.png, fig2_loss.png, curves.csv, summary.json, samples.npz (every sample).
 The CSV's *_diff columns pair each noisy curve with vanilla on the same batches: per-batch mean over draws
 of noisy − vanilla, mean and standard error over batches (the batch-to-batch spread drops out).
 """
 import argparse
 import csv
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -156,6 +163,34 @@ def summarize(samples: dict) -> dict:
   return out
 
 
+SEED_KEYS = ('cos', 'loss', 'loss_eq7', 'gain', 'cos_diff', 'gain_diff')
+
+
+def aggregate_seeds(summaries: Sequence[dict]) -> dict:
+  """Combines ``summarize`` outputs of S checkpoints trained with different seeds (same curves, same ρ).
+
+  Per curve and ρ, for k in cos, loss, loss_eq7, gain and the paired cos_diff, gain_diff: k_mean = the mean
+  over seeds of each seed's mean, k_sem = their std (ddof 1) / √S -- the training seed is the unit, so
+  the error bar holds the seed-to-seed spread as well as the batch and noise sampling inside each seed --
+  and k_seeds, the S per-seed means. Scalars (loss0, grad_norm, noise_norm) are averaged. ``n_seeds``: S.
+  """
+  out = {}
+  num = len(summaries)
+  for name in summaries[0]:
+    entry = {'n_seeds': num, 'n': int(sum(s[name]['n'] for s in summaries))}
+    for k in SEED_KEYS:
+      if k + '_mean' not in summaries[0][name]:
+        continue
+      per = np.stack([np.asarray(s[name][k + '_mean'], np.float64) for s in summaries])
+      entry[k + '_seeds'] = per
+      entry[k + '_mean'] = per.mean(0)
+      entry[k + '_sem'] = per.std(0, ddof=1) / np.sqrt(num) if num > 1 else np.zeros_like(per[0])
+    for k in ('loss0', 'grad_norm', 'noise_norm'):
+      entry[k + '_mean'] = float(np.mean([s[name][k + '_mean'] for s in summaries]))
+    out[name] = entry
+  return out
+
+
 def noise_scale(params, gammas: Sequence[float], key, *, num_draws: int = 4,
                 noise_fn: Callable = kernelwise_noise) -> dict:
   """For each γ: mean ‖δ0‖/‖w‖ and γ_iso = mean ‖δ0‖/√D (the isotropic std of the same norm)."""
@@ -185,11 +220,11 @@ def load_config(spec: str):
 
 
 def load_checkpoint(config, workdir: str, step: Optional[int]):
-  from rsam.training import checkpointing, config_check, train_step
+  from rsam.training import checkpointing, config_check, paths, train_step
   config_check.validate(config)
   mesh = train_step.make_mesh()
   run = train_step.build(config, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.abspath(workdir), every_steps=1, max_to_keep=None,
+  ckpt = checkpointing.Checkpointer(paths.normalize(workdir), every_steps=1, max_to_keep=None,
                                    asynchronous=False)
   step, state = ckpt.restore(step, run.init_state())
   ckpt.close()
@@ -213,7 +248,10 @@ def training_batches(config, num_classes: int, num_batches: int, batch_size: int
 
 
 def write_csv(path: str, rhos, summary: dict) -> None:
-  with open(path, 'w', newline='') as f:
+  """curves.csv through rsam/training/paths.py (local or gs://)."""
+  from rsam.training import paths
+  f = io.StringIO(newline='')
+  if True:  # one block, as when this wrote a local file
     w = csv.writer(f)
     w.writerow(['curve', 'gamma', 'rho', 'n', 'cos_mean', 'cos_std', 'cos_sem', 'loss_mean', 'loss_std',
                 'loss_sem', 'loss_eq7_mean', 'loss_eq7_std', 'loss_eq7_sem', 'gain_mean', 'gain_std',
@@ -227,6 +265,15 @@ def write_csv(path: str, rhos, summary: dict) -> None:
                                                'gain_mean', 'gain_std', 'gain_sem')] +
                    [f"{s[k][i]:.6g}" if k in s else ''
                     for k in ('cos_diff_mean', 'cos_diff_sem', 'gain_diff_mean', 'gain_diff_sem')])
+  paths.write_text(path, f.getvalue())
+
+
+def save_figure(fig, path: str) -> None:
+  """A matplotlib figure as PNG through rsam/training/paths.py."""
+  from rsam.training import paths
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=130)
+  paths.write_bytes(path, buf.getvalue())
 
 
 def plot(out_dir: str, rhos, summary: dict, scales: dict, title: str, noise: str, lam: float) -> None:
@@ -260,7 +307,7 @@ def plot(out_dir: str, rhos, summary: dict, scales: dict, title: str, noise: str
   ax.set_title(f'Fig. 1 analogue: {title}', fontsize=7)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'fig1_cosine.png'), dpi=130)
+  save_figure(fig, os.path.join(out_dir, 'fig1_cosine.png'))
   plt.close(fig)
 
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -276,7 +323,7 @@ def plot(out_dir: str, rhos, summary: dict, scales: dict, title: str, noise: str
   axes[0].legend(fontsize=7)
   fig.suptitle(f'Fig. 2 analogue: {title}', fontsize=9)
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'fig2_loss.png'), dpi=130)
+  save_figure(fig, os.path.join(out_dir, 'fig2_loss.png'))
   plt.close(fig)
 
 
@@ -284,10 +331,10 @@ def report(out_dirs: Sequence[str], rhos: Sequence[float] = (0.1, 0.2, 0.5, 1.0)
   """Markdown of finished analyses (their summary.json): per curve and ρ, cos and the ascent's rise
   L(ŵ + ρ g/‖g‖) − L(ŵ), mean ± std over samples, and for noisy curves the paired difference to vanilla
   (mean ± standard error over batches)."""
+  from rsam.training import paths
   lines = []
   for out_dir in out_dirs:
-    with open(os.path.join(out_dir, 'summary.json')) as f:
-      info = json.load(f)
+    info = paths.read_json(os.path.join(out_dir, 'summary.json'))
     all_rhos = [round(r, 6) for r in info['rhos']]
     idx = [all_rhos.index(round(r, 6)) for r in rhos if round(r, 6) in all_rhos]
     lines += [f"### {out_dir}", '',
@@ -320,15 +367,131 @@ def report(out_dirs: Sequence[str], rhos: Sequence[float] = (0.1, 0.2, 0.5, 1.0)
   return '\n'.join(lines)
 
 
+def plot_seeds(out_dir: str, rhos, agg: dict, scales: dict, title: str, noise: str, lam: float) -> None:
+  """Seed-aggregated figures (``aggregate_seeds``), every point ± 1 standard error over training seeds:
+  fig1_cosine.png (a) the cosine, (b) noisy − vanilla paired; fig2_loss.png (a) L(ŵ + ρ g/‖g‖), (b) the
+  rise's paired difference, (c) L at R-SAM's eq. 7 point."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  colors = ['tab:green', 'tab:blue', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:olive']
+  rhos = np.asarray(rhos)
+
+  def label(name):
+    if name == 'vanilla':
+      return 'vanilla (w)'
+    sym = 'γ' if noise == 'kernelwise' else 'γ (iso)'
+    sc = scales[name]
+    return f"{sym}={name:g} (‖δ0‖/‖w‖={sc['relative_to_w']:.2f}, γ_iso²={sc['gamma_iso_squared']:.2g})"
+
+  def curves(ax, key, skip_vanilla=False):
+    for i, (name, s) in enumerate(agg.items()):
+      if key + '_mean' not in s or (skip_vanilla and name == 'vanilla'):
+        continue
+      vanilla = name == 'vanilla'
+      ax.errorbar(rhos, s[key + '_mean'], yerr=s[key + '_sem'], label=label(name), capsize=2,
+                  color='tab:red' if vanilla else colors[(i - 1) % len(colors)], lw=2.0 if vanilla else 1.3,
+                  ls='--' if vanilla else '-', marker='.', ms=4)
+    ax.set_xlabel('ρ')
+    ax.grid(alpha=0.3)
+
+  n_seeds = next(iter(agg.values()))['n_seeds']
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+  curves(axes[0], 'cos')
+  axes[0].set_ylabel('cos(g(ŵ), g(ŵ + ρ g(ŵ)/‖g(ŵ)‖))')
+  axes[0].set_title('(a) Fig. 1: gradient stability along the ascent', fontsize=9)
+  curves(axes[1], 'cos_diff', skip_vanilla=True)
+  axes[1].axhline(0, color='k', lw=0.8)
+  axes[1].set_ylabel('Δcos = noisy − vanilla (paired on batches)')
+  axes[1].set_title('(b) the effect of the noise; > 0: noise makes the gradient more stable', fontsize=9)
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f'{title}\nerror bars: ±1 s.e.m. over {n_seeds} training seeds', fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, os.path.join(out_dir, 'fig1_cosine.png'))
+  plt.close(fig)
+
+  fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+  curves(axes[0], 'loss')
+  axes[0].set_ylabel('L(ŵ + ρ g(ŵ)/‖g(ŵ)‖)')
+  axes[0].set_title('(a) Fig. 2: loss after the ascent from ŵ = w + δ0', fontsize=9)
+  curves(axes[1], 'gain_diff', skip_vanilla=True)
+  axes[1].axhline(0, color='k', lw=0.8)
+  axes[1].set_ylabel('Δ rise: [L(ŵ+ρĝ/‖ĝ‖) − L(ŵ)] − [L(w+ρg/‖g‖) − L(w)]')
+  axes[1].set_title('(b) what noise adds to the ascent\'s rise (its own damage removed)', fontsize=9)
+  curves(axes[2], 'loss_eq7')
+  axes[2].set_ylabel('L(w + ρ (δ0 + λ g(ŵ)) / ‖δ0 + λ g(ŵ)‖)')
+  axes[2].set_title(f"(c) R-SAM's ascent point (eq. 7), λ = {lam:g}", fontsize=9)
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f'{title}\nerror bars: ±1 s.e.m. over {n_seeds} training seeds', fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, os.path.join(out_dir, 'fig2_loss.png'))
+  plt.close(fig)
+
+
+def write_seeds_csv(path: str, rhos, agg: dict) -> None:
+  from rsam.training import paths
+  keys = [k for k in SEED_KEYS]
+  f = io.StringIO(newline='')
+  w = csv.writer(f)
+  w.writerow(['curve', 'gamma', 'rho', 'n_seeds'] + [f'{k}_{x}' for k in keys for x in ('mean', 'sem')])
+  for name, s in agg.items():
+    for i, rho in enumerate(rhos):
+      w.writerow(['vanilla' if name == 'vanilla' else 'noisy', '' if name == 'vanilla' else name,
+                  f'{rho:.6g}', s['n_seeds']] +
+                 [f"{s[k + '_' + x][i]:.6g}" if k + '_mean' in s else '' for k in keys for x in ('mean', 'sem')])
+  paths.write_text(path, f.getvalue())
+
+
+def report_seeds(out_dirs: Sequence[str], rhos: Sequence[float] = (0.1, 0.3, 0.5, 1.0, 2.0)) -> str:
+  """Markdown of seed-aggregated analyses: per curve the scale of δ0, L(ŵ), and at each ρ the vanilla
+  cosine / the paired Δcos, then the paired Δ rise, each mean ± s.e.m. over training seeds."""
+  from rsam.training import paths
+  lines = []
+  for out_dir in out_dirs:
+    info = paths.read_json(os.path.join(out_dir, 'summary.json'))
+    all_rhos = [round(r, 6) for r in info['rhos']]
+    idx = [all_rhos.index(round(r, 6)) for r in rhos if round(r, 6) in all_rhos]
+    lines += [f"### {out_dir}", '',
+              f"{info['noise']} δ0; {info['n_seeds']} training seeds ({', '.join(info['configs'])}), step "
+              f"{info['steps']}; per seed {info['num_batches']} batches × {info['num_draws']} draws of batch "
+              f"{info['batch_size']}; L(w) = {info['per_curve']['vanilla']['loss0_mean']:.4f}, "
+              f"‖w‖ = {info['param_norm']:.2f}; ± = s.e.m. over seeds", '',
+              '| curve | ‖δ0‖/‖w‖ | L(ŵ) | ' + ' | '.join(f'cos / Δcos ρ={all_rhos[i]:g}' for i in idx) + ' | ' +
+              ' | '.join(f'Δrise ρ={all_rhos[i]:g}' for i in idx) + ' |', '|' + '---|' * (3 + 2 * len(idx))]
+    for name, c in info['per_curve'].items():
+      if name == 'vanilla':
+        cells = [f"{c['cos_mean'][i]:.3f} ± {c['cos_sem'][i]:.3f}" for i in idx] + ['' for _ in idx]
+        lines.append(f"| vanilla | 0 | {c['loss0_mean']:.3f} | " + ' | '.join(cells) + ' |')
+        continue
+      scale = info['noise_scale'][name]
+      cells = ([f"{c['cos_diff_mean'][i]:+.3f} ± {c['cos_diff_sem'][i]:.3f}" for i in idx] +
+               [f"{c['gain_diff_mean'][i]:+.3f} ± {c['gain_diff_sem'][i]:.3f}" for i in idx])
+      lines.append(f"| γ = {float(name):g} | {scale['relative_to_w']:.3f} | {c['loss0_mean']:.3f} | " +
+                   ' | '.join(cells) + ' |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def _to_json(tree):
+  return {str(name): {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+          for name, s in tree.items()}
+
+
 def main(argv=None):
   if argv is None:
     argv = sys.argv[1:]
   if argv and argv[0] == '--report':  # python scripts/gradient_stability.py --report OUT_DIR [OUT_DIR ...]
     print(report(argv[1:]))
     return
+  if argv and argv[0] == '--report_seeds':
+    print(report_seeds(argv[1:]))
+    return
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help="the run's config, 'path.py:arg' as for train.py")
-  parser.add_argument('--workdir', required=True, help='the train.py workdir holding checkpoints/')
+  parser.add_argument('--config', required=True, nargs='+',
+                      help="the run's config, 'path.py:arg' as for train.py; one per --workdir, or one for all")
+  parser.add_argument('--workdir', required=True, nargs='+',
+                      help='the train.py workdir holding checkpoints/; several (training seeds): each is '
+                           'analysed into OUT/seed<config.seed>/ and OUT/ gets the seed aggregate')
   parser.add_argument('--out', required=True)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
   parser.add_argument('--rhos', type=float, nargs='+',
@@ -342,56 +505,89 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=None, help="default: the run's batch size")
   parser.add_argument('--seed', type=int, default=0, help='batches and noise draws')
   args = parser.parse_args(argv)
+  specs = args.config * len(args.workdir) if len(args.config) == 1 else args.config
+  if len(specs) != len(args.workdir):
+    parser.error(f'{len(args.config)} --config for {len(args.workdir)} --workdir; give one, or one per workdir')
 
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  from rsam.training import losses
-  t0 = time.time()
-  config = load_config(args.config)
-  run, step, state = load_checkpoint(config, args.workdir, args.step)
-  params, model_state = state['params'], state['model_state']
-  lam = args.lam if args.lam is not None else float(config.updater.get('lam', 1.0))
-  batch_size = args.batch_size or config.batch_size
-  batches = training_batches(config, run.num_classes, args.num_batches, batch_size, args.seed)
-  loss_fn = losses.make_loss_fn(run.model, config.loss)
-  key = jax.random.key(args.seed)
-  noise_fn = NOISES[args.noise]
-  samples = stability_samples(loss_fn, params, model_state, batches, key, args.rhos, args.gammas,
-                              num_draws=args.num_draws, lam=lam, noise_fn=noise_fn)
-  summary = summarize(samples)
-  scales = noise_scale(params, args.gammas, key, num_draws=args.num_draws, noise_fn=noise_fn)
+  from rsam.training import losses, paths
+  t_all = time.time()
+  profile = None
+  per_seed = []
+  for spec, workdir in zip(specs, args.workdir):
+    t0 = time.time()
+    config = load_config(spec)
+    run, step, state = load_checkpoint(config, workdir, args.step)
+    params, model_state = state['params'], state['model_state']
+    lam = args.lam if args.lam is not None else float(config.updater.get('lam', 1.0))
+    batch_size = args.batch_size or config.batch_size
+    batches = training_batches(config, run.num_classes, args.num_batches, batch_size, args.seed)
+    loss_fn = losses.make_loss_fn(run.model, config.loss)
+    if profile is None:  # one compilation for every checkpoint: the seeds share the model and the loss
+      profile = jax.jit(lambda p, s, b, r, d, rh, l: ascent_profile(loss_fn, p, s, b, r, d, rh, l))
+    key = jax.random.key(args.seed)
+    noise_fn = NOISES[args.noise]
+    samples = stability_samples(loss_fn, params, model_state, batches, key, args.rhos, args.gammas,
+                                num_draws=args.num_draws, lam=lam, noise_fn=noise_fn, profile=profile)
+    summary = summarize(samples)
+    scales = noise_scale(params, args.gammas, key, num_draws=args.num_draws, noise_fn=noise_fn)
+    out = args.out if len(args.workdir) == 1 else os.path.join(args.out, f'seed{config.seed}')
+    paths.makedirs(out)
+    write_csv(os.path.join(out, 'curves.csv'), args.rhos, summary)
+    buf = io.BytesIO()
+    np.savez(buf, rhos=np.asarray(args.rhos),
+             **{f'{name}/{k}': v for name, s in samples.items() for k, v in s.items()})
+    paths.write_bytes(os.path.join(out, 'samples.npz'), buf.getvalue())
+    title = (f"{config.model.name}, {config.updater.name} seed {config.seed}, step {step}; {args.noise} δ0\n"
+             f"bands: ±1 std over {args.num_batches} batches (× {args.num_draws} noise draws)")
+    plot(out, args.rhos, summary, scales, title, args.noise, lam)
+    info = {
+        'config': spec, 'workdir': workdir,
+        'step': int(step), 'rhos': args.rhos, 'gammas': args.gammas, 'noise': args.noise, 'lam_eq7': lam,
+        'num_batches': args.num_batches, 'num_draws': args.num_draws, 'batch_size': batch_size,
+        'seed': args.seed, 'batchnorm': 'training mode (batch statistics)',
+        'param_norm': float(T.norm(params)),
+        'num_params': int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        'noise_scale': {str(g): v for g, v in scales.items()},
+        'paper_gamma_squared': PAPER_GAMMA_SQUARED,
+        'per_curve': _to_json(summary),
+        'wall_time_s': round(time.time() - t0, 1),
+        'hardware': {'platform': jax.devices()[0].platform, 'cpu_count': os.cpu_count(),
+                     'machine': platform.machine(), 'jax': jax.__version__},
+    }
+    paths.write_json(os.path.join(out, 'summary.json'), info)
+    per_seed.append((config, step, summary, info))
+    print(f"wrote {out}/fig1_cosine.png, fig2_loss.png, curves.csv, summary.json, samples.npz "
+          f"({info['wall_time_s']}s)", flush=True)
+    for name, s in summary.items():
+      diff = (f" | paired Δcos {s['cos_diff_mean'][-1]:+.3f}±{s['cos_diff_sem'][-1]:.3f}"
+              if 'cos_diff_mean' in s else '')
+      print(f"{str(name):>8}: cos@ρ={args.rhos[-1]:g} {s['cos_mean'][-1]:.3f}±{s['cos_std'][-1]:.3f}{diff} "
+            f"loss@ρ={args.rhos[-1]:g} {s['loss_mean'][-1]:.3f}  L(ŵ)={s['loss0_mean']:.3f}")
+  if len(per_seed) == 1:
+    return
 
-  os.makedirs(args.out, exist_ok=True)
-  write_csv(os.path.join(args.out, 'curves.csv'), args.rhos, summary)
-  np.savez(os.path.join(args.out, 'samples.npz'), rhos=np.asarray(args.rhos),
-           **{f'{name}/{k}': v for name, s in samples.items() for k, v in s.items()})
-  title = (f"{config.model.name}, {config.updater.name} seed {config.seed}, step {step}; {args.noise} δ0\n"
-           f"bands: ±1 std over {args.num_batches} batches (× {args.num_draws} noise draws)")
-  plot(args.out, args.rhos, summary, scales, title, args.noise, lam)
-  info = {
-      'config': args.config, 'workdir': args.workdir,
-      'step': int(step), 'rhos': args.rhos, 'gammas': args.gammas, 'noise': args.noise, 'lam_eq7': lam,
-      'num_batches': args.num_batches, 'num_draws': args.num_draws, 'batch_size': batch_size,
-      'seed': args.seed, 'batchnorm': 'training mode (batch statistics)',
-      'param_norm': float(T.norm(params)),
-      'num_params': int(sum(np.size(x) for x in jax.tree.leaves(params))),
-      'noise_scale': {str(g): v for g, v in scales.items()},
-      'paper_gamma_squared': PAPER_GAMMA_SQUARED,
-      'per_curve': {str(name): {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                    for name, s in summary.items()},
-      'wall_time_s': round(time.time() - t0, 1),
-      'hardware': {'platform': jax.devices()[0].platform, 'cpu_count': os.cpu_count(),
-                   'machine': platform.machine(), 'jax': jax.__version__},
-  }
-  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
-    json.dump(info, f, indent=1)
-  print(f"wrote {args.out}/fig1_cosine.png, fig2_loss.png, curves.csv, summary.json, samples.npz "
-        f"({info['wall_time_s']}s)")
-  for name, s in summary.items():
-    diff = (f" | paired Δcos {s['cos_diff_mean'][-1]:+.3f}±{s['cos_diff_sem'][-1]:.3f}"
-            if 'cos_diff_mean' in s else '')
-    print(f"{str(name):>8}: cos@ρ={args.rhos[-1]:g} {s['cos_mean'][-1]:.3f}±{s['cos_std'][-1]:.3f}{diff} "
-          f"loss@ρ={args.rhos[-1]:g} {s['loss_mean'][-1]:.3f}  L(ŵ)={s['loss0_mean']:.3f}")
+  agg = aggregate_seeds([s for _, _, s, _ in per_seed])
+  # The noise scale of each γ, averaged over the seeds' checkpoints.
+  scales = {g: {k: float(np.mean([info['noise_scale'][str(g)][k] for *_, info in per_seed]))
+                for k in per_seed[0][3]['noise_scale'][str(g)]} for g in args.gammas}
+  config0, lam = per_seed[0][0], per_seed[0][3]['lam_eq7']
+  title = (f"{config0.model.name}, {config0.updater.name}, seeds "
+           f"{', '.join(str(c.seed) for c, *_ in per_seed)}; {args.noise} δ0; "
+           f"{args.num_batches} batches × {args.num_draws} draws per seed")
+  write_seeds_csv(os.path.join(args.out, 'curves.csv'), args.rhos, agg)
+  plot_seeds(args.out, args.rhos, agg, scales, title, args.noise, lam)
+  info = {'configs': specs, 'workdirs': args.workdir, 'n_seeds': len(per_seed),
+          'steps': sorted({int(s) for _, s, _, _ in per_seed}), 'rhos': args.rhos, 'gammas': args.gammas,
+          'noise': args.noise, 'lam_eq7': lam, 'num_batches': args.num_batches, 'num_draws': args.num_draws,
+          'batch_size': per_seed[0][3]['batch_size'], 'seed': args.seed,
+          'param_norm': float(np.mean([info['param_norm'] for *_, info in per_seed])),
+          'noise_scale': {str(g): v for g, v in scales.items()},
+          'per_curve': _to_json(agg), 'wall_time_s': round(time.time() - t_all, 1),
+          'hardware': per_seed[0][3]['hardware']}
+  paths.write_json(os.path.join(args.out, 'summary.json'), info)
+  print(report_seeds([args.out]))
 
 
 if __name__ == '__main__':

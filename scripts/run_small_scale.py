@@ -4,6 +4,12 @@ r"""Issue #5 driver: the val sweep and the final six-updater table, many runs in
     python scripts/run_small_scale.py --phase final    # 6 updaters x seeds 100..104 with TUNED
     python scripts/run_small_scale.py --phase custom --runs updater=sam,rho=0.1 updater=plain
     python scripts/run_small_scale.py --phase final --paired test   # per-seed R-SAM − SAM etc.
+    python scripts/run_small_scale.py --phase custom --runs updater=plain,data=clean --seeds 0 1 2 --vmap
+
+``--vmap`` trains the seeds of each config together in one program (rsam/training/multi_seed.py: the
+train step vmapped over seeds, one compilation; seed s computes what its separate run computes, up to
+float rounding). Files are read and written through rsam/training/paths.py, so --out and --workroot may
+be gs:// paths.
 
 Every run goes through ``rsam.training.loop.train_and_evaluate`` with ``configs/small_scale.py:<arg>``;
 one process runs them all, so JAX/TF start once (each run still compiles its own train step). A run's
@@ -16,7 +22,6 @@ resumed by rerunning the same command. One JSON line per finished run is appende
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -68,10 +73,21 @@ def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all') -> l
   elif phase == 'final':
     runs = [f'updater={u},seed={s}' for s in (seeds or FINAL_SEEDS) for u in FINAL_UPDATERS]
   else:
-    runs = list(custom)
+    runs = [f'{a},seed={s}' if seeds else a for a in custom for s in (seeds or [None])]
   if updaters:
     runs = [r for r in runs if r.split(',')[0].split('=')[1] in updaters]
   return runs
+
+
+def seed_groups(runs) -> dict:
+  """{config arg without its seed: [(seed, arg), ...]} in the order of ``runs`` (for --vmap)."""
+  groups = {}
+  for arg in runs:
+    items = [kv for kv in arg.split(',') if kv]
+    seed = next((int(kv.split('=')[1]) for kv in items if kv.startswith('seed=')), 0)
+    rest = ','.join(kv for kv in items if not kv.startswith('seed='))
+    groups.setdefault(rest, []).append((seed, arg))
+  return groups
 
 
 PAIRS = (('rsam', 'sam'), ('rgsam', 'gsam'), ('sam', 'plain'), ('lpf_sgd', 'plain'), ('gsam', 'sam'))
@@ -81,9 +97,10 @@ def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS) -> str
   """Markdown: per pair (a, b) of updaters, a − b in accuracy points seed by seed (a seed fixes the init,
   the data order and the augmentation for both), with mean ± std and the standard error over seeds."""
   import math
+  from rsam.training import paths
   acc = {}
-  with open(os.path.join(out_dir, 'runs.jsonl')) as f:
-    for line in f:
+  for line in paths.read_text(paths.path(out_dir) / 'runs.jsonl').splitlines():
+    if line.strip():
       d = json.loads(line)
       fields = dict(kv.split('=') for kv in d['arg'].split(','))
       acc[(fields['updater'], int(fields.get('seed', 0)))] = 100.0 * d[eval_set]
@@ -111,6 +128,9 @@ def main(argv=None):
   parser.add_argument('--grid', choices=tuple(GRIDS), default='all', help='part of the tune grid')
   parser.add_argument('--workroot', default='workdirs/small_scale')
   parser.add_argument('--out', default='results/small_scale')
+  parser.add_argument('--log_every_steps', type=int, default=None, help='override the config (train metrics '
+                      'are logged as means over windows of this many steps)')
+  parser.add_argument('--vmap', action='store_true', help='train the seeds of each config in one program')
   parser.add_argument('--dry_run', action='store_true', help='list the runs and exit')
   parser.add_argument('--total_steps', type=int, default=None, help='smoke tests only: cap every run')
   parser.add_argument('--paired', metavar='EVAL_SET', default=None,
@@ -127,34 +147,64 @@ def main(argv=None):
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from configs import small_scale
+  from rsam.training import paths
   from rsam.training.loop import train_and_evaluate
 
-  out_dir = os.path.join(args.out, args.phase)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = paths.path(args.out) / args.phase
+  paths.makedirs(out_dir)
   start = time.time()
   print(f'{len(runs)} runs in phase {args.phase}', flush=True)
-  for i, arg in enumerate(runs):
-    name = run_name(arg)
-    copy = os.path.join(out_dir, name, 'results.json')
-    if os.path.exists(copy):
-      print(f'[{i + 1}/{len(runs)}] {name}: done before, skipped', flush=True)
-      continue
-    workdir = os.path.abspath(os.path.join(args.workroot, args.phase, name))  # orbax wants absolute
-    if os.path.exists(workdir):  # an interrupted run: start it again from scratch
-      shutil.rmtree(workdir)
-    t0 = time.time()
-    print(f'[{i + 1}/{len(runs)}] {name} (configs/small_scale.py:{arg})', flush=True)
-    config = small_scale.get_config(arg)
-    if args.total_steps:
-      config.total_steps = args.total_steps
-    results = train_and_evaluate(config, workdir)
-    os.makedirs(os.path.dirname(copy), exist_ok=True)
-    shutil.copy(os.path.join(workdir, 'results.json'), copy)
+
+  def finish(name, arg, results, seconds):
+    copy = out_dir / name / 'results.json'
+    paths.write_json(copy, results)
     line = {'name': name, 'arg': arg, 'val': results['eval']['val']['accuracy'],
-            'test': results['eval']['test']['accuracy'], 'wall_s': round(time.time() - t0, 1)}
-    with open(os.path.join(out_dir, 'runs.jsonl'), 'a') as f:
-      f.write(json.dumps(line) + '\n')
+            'test': results['eval']['test']['accuracy'], 'wall_s': round(seconds, 1)}
+    runs_jsonl = out_dir / 'runs.jsonl'
+    previous = paths.read_text(runs_jsonl) if paths.exists(runs_jsonl) else ''
+    paths.write_text(runs_jsonl, previous + json.dumps(line) + '\n')
     print(f'RESULT {json.dumps(line)} | driver elapsed {time.time() - start:.0f}s', flush=True)
+
+  def fresh_workdir(name):
+    workdir = paths.normalize(paths.path(args.workroot) / args.phase / name)  # orbax wants absolute
+    if paths.exists(workdir):  # an interrupted run: start it again from scratch
+      paths.path(workdir).rmtree()
+    return workdir
+
+  if args.vmap:
+    from rsam.training import multi_seed
+    for rest, members in seed_groups(runs).items():
+      todo = [(seed, arg) for seed, arg in members if not paths.exists(out_dir / run_name(arg) / 'results.json')]
+      if not todo:
+        print(f'{rest}: seeds {[s for s, _ in members]} done before, skipped', flush=True)
+        continue
+      t0 = time.time()
+      print(f'{rest}: seeds {[s for s, _ in todo]} in one program', flush=True)
+      config = small_scale.get_config(rest)
+      if args.total_steps:
+        config.total_steps = args.total_steps
+      if args.log_every_steps:
+        config.log_every_steps = args.log_every_steps
+      workdirs = [fresh_workdir(run_name(arg)) for _, arg in todo]
+      all_results = multi_seed.train_seeds(config, [s for s, _ in todo], workdirs)
+      for (_, arg), results in zip(todo, all_results):
+        finish(run_name(arg), arg, results, (time.time() - t0) / len(todo))
+  else:
+    for i, arg in enumerate(runs):
+      name = run_name(arg)
+      if paths.exists(out_dir / name / 'results.json'):
+        print(f'[{i + 1}/{len(runs)}] {name}: done before, skipped', flush=True)
+        continue
+      workdir = fresh_workdir(name)
+      t0 = time.time()
+      print(f'[{i + 1}/{len(runs)}] {name} (configs/small_scale.py:{arg})', flush=True)
+      config = small_scale.get_config(arg)
+      if args.total_steps:
+        config.total_steps = args.total_steps
+      if args.log_every_steps:
+        config.log_every_steps = args.log_every_steps
+      results = train_and_evaluate(config, workdir)
+      finish(name, arg, results, time.time() - t0)
   print(f'phase {args.phase} finished in {time.time() - start:.0f}s', flush=True)
 
 

@@ -1,4 +1,6 @@
 """scripts/gradient_stability.py on losses with closed-form answers (Fig. 1 / Fig. 2 curves)."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,3 +176,45 @@ def test_report_reads_summary_json(tmp_path):
   assert '| vanilla | 0 | 0 |' in text and '| γ = 0.05 | 0.100 | 0.01 |' in text
   assert '(Δ +0.000 ± 0.000)' in text.replace('-0.000', '+0.000')  # linear: no paired difference
   assert "eq. 7" in text
+
+
+def _fake_summary(offset, n_rho=3):
+  """A summarize()-shaped dict whose means are known: vanilla cos = 0.5 + offset, noisy cos_diff = offset."""
+  base = {'n': 4, 'loss0_mean': 1.0 + offset, 'grad_norm_mean': 2.0, 'noise_norm_mean': 0.0}
+  out = {'vanilla': dict(base, **{f'{k}_mean': np.full(n_rho, 0.5 + offset) for k in ('cos', 'loss', 'loss_eq7', 'gain')})}
+  out[0.01] = dict(base, noise_norm_mean=3.0 + offset,
+                   **{f'{k}_mean': np.full(n_rho, 0.5 + offset) for k in ('cos', 'loss', 'loss_eq7', 'gain')},
+                   cos_diff_mean=np.full(n_rho, offset), gain_diff_mean=np.arange(n_rho) * offset)
+  return out
+
+
+def test_aggregate_seeds_is_mean_and_sem_over_seeds():
+  agg = gs.aggregate_seeds([_fake_summary(o) for o in (0.0, 0.1, 0.2)])
+  assert agg['vanilla']['n_seeds'] == 3 and agg['vanilla']['n'] == 12
+  np.testing.assert_allclose(agg['vanilla']['cos_mean'], 0.6)
+  np.testing.assert_allclose(agg[0.01]['cos_diff_mean'], 0.1)
+  np.testing.assert_allclose(agg[0.01]['cos_diff_sem'], 0.1 / np.sqrt(3))  # std of (0, .1, .2) is 0.1
+  np.testing.assert_allclose(agg[0.01]['gain_diff_sem'], np.arange(3) * 0.1 / np.sqrt(3))
+  np.testing.assert_allclose(agg[0.01]['cos_diff_seeds'][:, 0], [0.0, 0.1, 0.2])
+  assert 'cos_diff_mean' not in agg['vanilla']
+  assert agg[0.01]['noise_norm_mean'] == pytest.approx(3.1)
+  one = gs.aggregate_seeds([_fake_summary(0.3)])
+  np.testing.assert_allclose(one[0.01]['cos_diff_sem'], 0.0)
+
+
+def test_seed_outputs_csv_plots_and_report(tmp_path):
+  rhos = [0.0, 0.5, 1.0]
+  agg = gs.aggregate_seeds([_fake_summary(o) for o in (0.0, 0.1, 0.2)])
+  scales = {0.01: {'noise_norm': 3.0, 'relative_to_w': 0.1, 'gamma_iso': 0.01, 'gamma_iso_squared': 1e-4}}
+  gs.write_seeds_csv(str(tmp_path / 'curves.csv'), rhos, agg)
+  gs.plot_seeds(str(tmp_path), rhos, agg, scales, 'fake', 'kernelwise', 2.0)
+  lines = (tmp_path / 'curves.csv').read_text().splitlines()
+  assert len(lines) == 1 + 2 * len(rhos) and lines[0].startswith('curve,gamma,rho,n_seeds,cos_mean,cos_sem')
+  assert (tmp_path / 'fig1_cosine.png').stat().st_size > 0 and (tmp_path / 'fig2_loss.png').stat().st_size > 0
+  info = {'configs': ['c.py:seed=0'] * 3, 'n_seeds': 3, 'steps': [5], 'rhos': rhos, 'noise': 'kernelwise',
+          'num_batches': 2, 'num_draws': 2, 'batch_size': 8, 'param_norm': 30.0,
+          'noise_scale': {'0.01': scales[0.01]}, 'per_curve': gs._to_json(agg)}
+  (tmp_path / 'summary.json').write_text(json.dumps(info))
+  text = gs.report_seeds([str(tmp_path)], rhos=(0.5, 1.0))
+  assert f'| vanilla | 0 | 1.100 | 0.600 ± {0.1 / np.sqrt(3):.3f} | 0.600 ± {0.1 / np.sqrt(3):.3f} |' in text
+  assert f'| γ = 0.01 | 0.100 | 1.100 | +0.100 ± {0.1 / np.sqrt(3):.3f} |' in text

@@ -37,6 +37,16 @@ def test_overrides_and_bad_arguments():
     small_scale.get_config('updater=adam')
 
 
+def test_clean_data_is_the_whole_clean_train_split():
+  c = small_scale.get_config('updater=plain,seed=2,data=clean')
+  config_check.validate(c)
+  assert c.data.train_subset is None and c.data.label_noise == 0.0
+  assert config_check.total_steps(c) == 1682  # 1,077 examples / 64 x 100 epochs
+  assert small_scale.get_config('updater=plain').data.label_noise == 0.3
+  with pytest.raises(ValueError, match='choose one of'):
+    small_scale.get_config('data=dirty')
+
+
 def test_driver_runs_cover_the_grid_and_names_are_unique():
   tune = run_small_scale.phase_runs('tune', (), None)
   final = run_small_scale.phase_runs('final', (), None)
@@ -109,3 +119,29 @@ def test_paired_differences(tmp_path):
   text = run_small_scale.paired_differences(str(tmp_path), 'test', pairs=(('rsam', 'sam'), ('sam', 'plain')))
   assert '| rsam − sam | 0: +2.00, 1: -1.00 | +0.50 ± 2.12 | 1.50 | 1/2 |' in text
   assert '| sam − plain | 0: +40.00 | +40.00 ± nan |' in text
+
+
+def test_driver_vmap_groups_seeds_into_one_program(tmp_path, monkeypatch):
+  from rsam.training import multi_seed
+  calls = []
+
+  def fake_train_seeds(config, seeds, workdirs):  # the driver's bookkeeping, without the training
+    calls.append((config.updater.name, config.data.label_noise, list(seeds), config.total_steps))
+    return [{'config': dict(config.to_dict(), seed=s), 'eval': {'val': {'accuracy': s / 10},
+                                                                'test': {'accuracy': s / 100}}} for s in seeds]
+
+  monkeypatch.setattr(multi_seed, 'train_seeds', fake_train_seeds)
+  assert run_small_scale.seed_groups(['updater=sam,seed=1', 'updater=plain,seed=1', 'updater=sam,seed=2']) == {
+      'updater=sam': [(1, 'updater=sam,seed=1'), (2, 'updater=sam,seed=2')],
+      'updater=plain': [(1, 'updater=plain,seed=1')]}
+  argv = ['--phase', 'custom', '--runs', 'updater=plain,data=clean', 'updater=sam', '--seeds', '1', '2',
+          '--vmap', '--total_steps', '3', '--workroot', str(tmp_path / 'work'), '--out', str(tmp_path / 'out')]
+  run_small_scale.main(argv)
+  assert calls == [('plain', 0.0, [1, 2], 3), ('sam', 0.3, [1, 2], 3)]
+  with open(tmp_path / 'out' / 'custom' / 'runs.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  assert [(d['name'], d['val']) for d in lines] == [
+      ('plain_dataclean_seed1', 0.1), ('plain_dataclean_seed2', 0.2), ('sam_seed1', 0.1), ('sam_seed2', 0.2)]
+  os.remove(tmp_path / 'out' / 'custom' / 'sam_seed2' / 'results.json')
+  run_small_scale.main(argv)  # only the missing seed is trained again
+  assert calls[2:] == [('sam', 0.3, [2], 3)]

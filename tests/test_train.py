@@ -420,3 +420,35 @@ def test_a_non_finite_update_leaves_the_state_as_it_was():
     same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(leaves(new), leaves(state)))
     assert same != moves
     assert int(new['step']) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several seeds in one program (rsam/training/multi_seed.py)
+
+
+@pytest.mark.slow
+def test_multi_seed_training_matches_the_separate_run(runs, tmp_path):
+  """Seeds (1, 0) vmapped in one program: seed 0 (second in the stack, so the seed axis is really indexed)
+  ends where the separate reference run of the same config ended -- parameters, BatchNorm statistics,
+  test accuracy and the logged training loss -- and seed 1 somewhere else."""
+  from rsam.training import ascent_probe, multi_seed
+  config = _tiny()
+  assert config.seed == 0
+  out = multi_seed.train_seeds(config, [1, 0], workdirs=[tmp_path / 's1', tmp_path / 's0'])
+  ref = _state(runs['reference'], STEPS)
+  got, other = _state(tmp_path / 's0', STEPS), _state(tmp_path / 's1', STEPS)
+  for part in ('params', 'model_state'):
+    for a, b in zip(jax.tree.leaves(ref[part]), jax.tree.leaves(got[part])):
+      np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+  far = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(ref['params']),
+                                                       jax.tree.leaves(other['params'])))
+  assert far > 1e-2
+  assert out[1]['config']['seed'] == 0 and out[0]['config']['seed'] == 1
+  assert out[1]['eval']['test']['accuracy'] == pytest.approx(
+      runs['reference_results']['eval']['test']['accuracy'], abs=1.5 / 360)  # at most one image apart
+  logged = ascent_probe.read_scalars(str(runs['reference']))
+  assert [r['step'] for r in out[1]['train_log']] == [r['step'] for r in logged]
+  np.testing.assert_allclose([r['loss'] for r in out[1]['train_log']], [r['loss'] for r in logged], rtol=1e-4)
+  assert all('noise_grad_ratio' in r for r in out[0]['train_log'])
+  with open(tmp_path / 's0' / 'results.json') as f:
+    assert json.load(f)['eval'] == out[1]['eval']

@@ -183,9 +183,38 @@ def test_rsam_matches_algorithm_1(lam):
   np.testing.assert_allclose(out.loss, np_loss(tmap(np.add, w, delta0), x, y), rtol=1e-5)
   np.testing.assert_allclose(out.aux['noise_norm'], np_norm(delta0), rtol=1e-5)
   np.testing.assert_allclose(out.aux['gamma'], gamma, rtol=1e-6)
+  # Ascent composition of d = δ0 + λĝ, against float64 NumPy.
+  np.testing.assert_allclose(out.aux['lam_grad_norm'], lam * np_norm(g_hat), rtol=1e-5)
+  np.testing.assert_allclose(out.aux['noise_grad_ratio'], np_norm(delta0) / (lam * np_norm(g_hat)), rtol=1e-5)
+  np.testing.assert_allclose(out.aux['ascent_grad_cos'],
+                             flat(v) @ flat(g_hat) / (np_norm(v) * np_norm(g_hat)), rtol=1e-5)
   # The noise matters at this size: SAM's gradient is measurably different.
   sam = np_grad(np_sam_point(w, np_grad(w, x, y), rho), x, y)
   assert np.abs(flat(sam) - flat(expected)).max() > 1e-3
+
+
+@pytest.mark.parametrize('noise_norm,grad_norm,dot,lam,ratio,cos', [
+    (3.0, 2.0, 0.0, 2.0, 0.75, 0.8),          # δ0 ⟂ ĝ, ‖δ0‖ = 3, ‖λĝ‖ = 4: a 3-4-5 triangle
+    (0.0, 1.5, 0.0, 2.0, 0.0, 1.0),           # no noise: SAM's ascent, all gradient
+    (2.0, 1.0, 2.0, 1.0, 2.0, 1.0),           # δ0 = 2ĝ: parallel
+    (1.0, 1.0, -1.0, 3.0, 1.0 / 3.0, 1.0),    # δ0 = −ĝ, λ = 3: d = 2ĝ, still along ĝ
+    (4.0, 1.0, -4.0, 2.0, 2.0, -1.0),         # δ0 = −4ĝ, λ = 2: d = −2ĝ, against ĝ
+])
+def test_ascent_composition_closed_forms(noise_norm, grad_norm, dot, lam, ratio, cos):
+  out = U.ascent_composition(jnp.float32(noise_norm), jnp.float32(grad_norm), jnp.float32(dot), lam)
+  np.testing.assert_allclose(out['lam_grad_norm'], lam * grad_norm, rtol=1e-6)
+  np.testing.assert_allclose(out['noise_grad_ratio'], ratio, rtol=1e-5)
+  np.testing.assert_allclose(out['ascent_grad_cos'], cos, rtol=1e-5, atol=1e-6)
+
+
+def test_rgsam_logs_ascent_composition_and_sam_does_not():
+  x, y, w = make_problem()
+  rgsam = run(rsam.SharpnessAware(rho=0.3, gamma=0.05, lam=2.0, alpha=0.4), w, x, y)
+  assert {'lam_grad_norm', 'noise_grad_ratio', 'ascent_grad_cos'} <= set(rgsam.aux)
+  np.testing.assert_allclose(rgsam.aux['noise_grad_ratio'],
+                             rgsam.aux['noise_norm'] / rgsam.aux['lam_grad_norm'], rtol=1e-5)
+  sam = run(rsam.SharpnessAware(rho=0.3), w, x, y)
+  assert 'noise_grad_ratio' not in sam.aux
 
 
 def test_rsam_clean_loss_is_loss_at_w():

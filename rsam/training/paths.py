@@ -108,6 +108,23 @@ def write_text(p: PathLike, text: str) -> None:
   os.replace(tmp, target)
 
 
+def read_bytes(p: PathLike) -> bytes:
+  refresh(p)
+  return path(p).read_bytes()
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  """Writes ``data`` whole or not at all (a PNG, an .npz), as ``write_text``."""
+  target = path(p)
+  if is_remote(target):
+    target.write_bytes(data)
+    return
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
+  tmp.write_bytes(data)
+  os.replace(tmp, target)
+
+
 def write_json(p: PathLike, obj: Any) -> None:
   write_text(p, json.dumps(obj, indent=2, default=str))
 

@@ -28,20 +28,29 @@ def build_model(config, num_classes: int):
                           **dict(config.model.get('overrides', {})))
 
 
-def init_variables(model, config, image_shape):
-  """Float32 parameters and the model's other collections (e.g. batch_stats), as one dict each."""
+def init_variables(model, config, image_shape, key=None):
+  """Float32 parameters and the model's other collections (e.g. batch_stats), as one dict each, drawn
+  from ``key`` (default ``jax.random.key(config.seed)``)."""
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  variables = model.init({'params': jax.random.key(config.seed), 'dropout': jax.random.key(0)}, dummy,
-                         train=False)
+  key = jax.random.key(config.seed) if key is None else key
+  variables = model.init({'params': key, 'dropout': jax.random.key(0)}, dummy, train=False)
   params = variables.pop('params')
   return params, dict(variables)
 
 
 def make_train_step(config, model, updater, tx, num_classes: int):
-  loss_fn = losses.make_loss_fn(model, config.loss)
+  """``train_step(state, batch) -> (state, metrics)``, its randomness from ``jax.random.key(config.seed)``."""
+  seeded = make_seeded_train_step(config, model, updater, tx, num_classes)
   root = jax.random.key(config.seed)
+  return lambda state, batch: seeded(root, state, batch)
 
-  def train_step(state, batch):
+
+def make_seeded_train_step(config, model, updater, tx, num_classes: int):
+  """``train_step(root, state, batch)``: the step with its root key as an argument, so it can be vmapped
+  over seeds (rsam/training/multi_seed.py). Step t draws mixup and updater keys from fold_in(root, t)."""
+  loss_fn = losses.make_loss_fn(model, config.loss)
+
+  def train_step(root, state, batch):
     step = state['step']
     mix_key, update_key = jax.random.split(jax.random.fold_in(root, step))
     targets = losses.make_targets(batch['label'], num_classes, config.loss, config.label_smoothing)
