@@ -33,7 +33,7 @@ def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> d
     with config.unlocked():
       config.eval_sets = tuple(eval_sets)
   config_check.validate(config)
-  mesh = train_step.make_mesh()
+  mesh = train_step.make_mesh(config)
   config_check.check_batch(config, num_devices=mesh.devices.size, process_count=jax.process_count())
   run = train_step.build(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None, asynchronous=False)

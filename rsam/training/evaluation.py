@@ -9,12 +9,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
+from rsam.training import sharding
 
 
 class Evaluator:
   def __init__(self, model, mesh, eval_sets: dict):
     self.model, self.eval_sets = model, eval_sets
-    self.batch_sharding = NamedSharding(mesh, P('data'))
+    self.batch_sharding = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     self._steps = {}
     for name, eval_set in eval_sets.items():

@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
-from rsam.training import checkpointing, config_check, distributed, evaluation, paths, writers
+from rsam.training import checkpointing, config_check, distributed, evaluation, paths, sharding, writers
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
@@ -46,7 +45,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
-  mesh = make_mesh()
+  mesh = make_mesh(config)  # config.mesh: replicated state unless it has an fsdp axis > 1
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
@@ -56,8 +55,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
                                   global_batch_size=config.eval_batch_size)
 
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))
+  replicated, batch_sharding = sharding.replicated(mesh), run.batch_sharding
   state = run.init_state()
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                     max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
@@ -69,7 +67,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     print(f'resumed from step {start_step} in {workdir}', flush=True)
 
   train_step = jax.jit(make_train_step(config, model, run.updater, tx, run.num_classes),
-                       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                       in_shardings=(run.state_sharding, batch_sharding),
+                       out_shardings=(run.state_sharding, replicated),
                        donate_argnums=(0,))
   evaluator = evaluation.Evaluator(model, mesh, eval_sets)
   batches = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
