@@ -23,7 +23,7 @@ from rsam.training import checkpointing, sharding, train_step
 CASES = {
     'plain': ('plain', {}, 1), 'sam': ('sam', {}, 1), 'asam': ('asam', {}, 1), 'rsam': ('rsam', {}, 1),
     'gsam': ('gsam', {}, 1), 'rgsam': ('rgsam', {}, 1), 'lpf_sgd': ('lpf_sgd', {'num_samples': 2}, 1),
-    'rsam_m4': ('rsam', {'m': 4}, 1), 'rsam_accum2': ('rsam', {}, 2), 'plain_accum2': ('plain', {}, 2),
+    'rsam_m4': ('rsam', {'m': 4}, 1), 'rsam_accum2': ('rsam', {}, 2),
 }
 FSDP8, DATA4_FSDP2, REPLICATED = (1, 8), (4, 2), (8, 1)  # (data, fsdp)
 
@@ -40,15 +40,27 @@ def _mlp_loss(params, model_state, batch, rng):
   return loss, (model_state, {'mse': loss})
 
 
-def _mlp_step(name, sizes):
-  """(state shardings, state before, state after, metrics) of one step of updater ``name`` + AdamW."""
-  updater_name, fields, accum = CASES[name]
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+def _run(fn, in_shardings, out_shardings, *args):
+  """``jax.jit(fn)(*args)`` compiled at XLA's lowest optimisation level: these programs run once, and
+  compiling them is most of the test's time."""
+  return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings).lower(*args).compile(
+      compiler_options=FAST_COMPILE)(*args)
+
+
+def _mlp_steps(sizes):
+  """({name: state shardings}, state before, {name: (state after, metrics)}): one step of every updater
+  of CASES + AdamW from the same state, as ONE program (one compilation per layout, not one per updater)."""
   mesh = _mesh(sizes)
-  cfg = rsam.updater_config(updater_name, **fields)
-  if 'rho_schedule' in cfg:
-    cfg.rho_schedule = 'constant'
-  updater = rsam.make_updater(cfg, total_steps=10, mesh=mesh, accum_steps=accum, per_device_batch=4)
   tx = optax.adamw(0.01, weight_decay=0.1)
+  updaters = {}
+  for name, (updater_name, fields, accum) in CASES.items():
+    cfg = rsam.updater_config(updater_name, **fields)
+    if 'rho_schedule' in cfg:
+      cfg.rho_schedule = 'constant'
+    updaters[name] = rsam.make_updater(cfg, total_steps=10, mesh=mesh, accum_steps=accum, per_device_batch=4)
   rng = np.random.default_rng(0)
   params = {'dense1': {'kernel': rng.normal(size=(16, 64)) / 4, 'bias': rng.normal(size=(64,)) / 10},
             'dense2': {'kernel': rng.normal(size=(64, 8)) / 8, 'bias': np.zeros(8)}}
@@ -57,17 +69,24 @@ def _mlp_step(name, sizes):
   state_sharding = sharding.state_shardings(mesh, jax.eval_shape(lambda: state), min_bytes=0)
   batch = {'x': rng.normal(size=(32, 16)).astype(np.float32), 'y': rng.normal(size=(32, 8)).astype(np.float32)}
 
-  def step(state, batch):
-    result = updater(_mlp_loss, state['params'], {}, batch, jax.random.key(7), state['step'])
-    updates, opt_state = tx.update(result.grads, state['opt_state'], state['params'])
-    return ({'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
-             'opt_state': opt_state}, {'loss': result.loss, **result.aux})
+  def steps(state, batch):
+    out = {}
+    for name, updater in updaters.items():
+      result = updater(_mlp_loss, state['params'], {}, batch, jax.random.key(7), state['step'])
+      updates, opt_state = tx.update(result.grads, state['opt_state'], state['params'])
+      out[name] = ({'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+                    'opt_state': opt_state}, {'loss': result.loss, **result.aux})
+    return out
 
   state = jax.device_put(state, state_sharding)
-  new, metrics = jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                         out_shardings=(state_sharding, sharding.replicated(mesh)))(
-                             state, jax.device_put(batch, sharding.batch_sharding(mesh)))
-  return state_sharding, state, new, metrics
+  out_shardings = {name: (state_sharding, sharding.replicated(mesh)) for name in updaters}
+  return state_sharding, state, _run(steps, (state_sharding, sharding.batch_sharding(mesh)), out_shardings,
+                                     state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+
+
+@pytest.fixture(scope='module')
+def mlp_steps():
+  return {sizes: _mlp_steps(sizes) for sizes in (REPLICATED, FSDP8)}
 
 
 def _assert_close(a, b, what):
@@ -79,10 +98,11 @@ def _assert_close(a, b, what):
 
 
 @pytest.mark.parametrize('name', list(CASES))
-def test_a_sharded_step_of_every_updater_equals_the_replicated_step(name):
+def test_a_sharded_step_of_every_updater_equals_the_replicated_step(mlp_steps, name):
   """Global norms, inner products, δ0 and m-sharpness groups under GSPMD: same new state and metrics."""
-  shardings, state, new, metrics = _mlp_step(name, FSDP8)
-  rep_shardings, rep_state, rep_new, rep_metrics = _mlp_step(name, REPLICATED)
+  shardings, state, out = mlp_steps[FSDP8]
+  rep_shardings, _, rep_out = mlp_steps[REPLICATED]
+  (new, metrics), (rep_new, rep_metrics) = out[name], rep_out[name]
   assert shardings['params']['dense1']['kernel'].spec == P(None, 'fsdp')  # the state really is split
   assert shardings['opt_state'][0].mu['dense2']['kernel'].spec == P('fsdp')
   assert all(s.spec == P() for s in jax.tree.leaves(rep_shardings))
@@ -109,14 +129,14 @@ def _one_step(config):
   """(run, initial state, state after one step, metrics) on the mesh of ``config``."""
   mesh = sharding.make_mesh(config)
   run = train_step.build(config, mesh)
-  step = jax.jit(train_step.make_train_step(config, run.model, run.updater, run.tx, run.num_classes),
-                 in_shardings=(run.state_sharding, run.batch_sharding),
-                 out_shardings=(run.state_sharding, sharding.replicated(mesh)))
   state = run.init_state()
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(32, 8, 8, 1)).astype(np.float32),
            'label': rng.integers(0, 10, size=(32,)).astype(np.int32)}
-  new_state, metrics = step(state, jax.device_put(batch, run.batch_sharding))
+  new_state, metrics = _run(train_step.make_train_step(config, run.model, run.updater, run.tx, run.num_classes),
+                            (run.state_sharding, run.batch_sharding),
+                            (run.state_sharding, sharding.replicated(mesh)),
+                            state, jax.device_put(batch, run.batch_sharding))
   return run, state, new_state, metrics
 
 
@@ -130,7 +150,7 @@ def test_a_sharded_train_step_equals_the_replicated_one(steps):
   rep_run, rep_state, rep_new, rep_metrics = steps[REPLICATED]
   run, state, new, metrics = steps[FSDP8]
   specs = jax.tree.map(lambda s: s.spec, run.state_sharding)
-  assert specs['params']['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'] != P(), specs
+  assert specs['params']['encoderblock_0']['mlp']['fc1']['kernel'] != P(), specs
   assert all(s.spec == P() for s in jax.tree.leaves(rep_run.state_sharding))
   assert jax.tree.map(lambda x: x.sharding.spec, new) == specs
   _assert_close(state, rep_state, 'init ')
@@ -153,16 +173,28 @@ def test_state_bytes_per_device_is_an_eighth(steps):
 
 
 def test_noise_and_global_norms_do_not_depend_on_the_layout(steps):
+  """δ0 = γ‖w_j‖z: the draw z is the same bits in any layout (seen through all-ones parameters, whose
+  kernel norms are exact in any summation order); with real parameters ‖w_j‖ is a reduction over split
+  dimensions, so δ0 agrees to float32 rounding. Global norms and inner products are those of the whole
+  arrays."""
   run, state, _, _ = steps[FSDP8]
-  _, rep_state, _, _ = steps[REPLICATED]
-  params, rep_params = state['params'], rep_state['params']
-  shardings = run.state_sharding['params']
-  noise = jax.jit(lambda p: kernelwise_noise(jax.random.key(3), p, 0.01), out_shardings=shardings)
-  delta, rep_delta = noise(params), jax.jit(lambda p: kernelwise_noise(jax.random.key(3), p, 0.01))(rep_params)
+  rep_run, rep_state, _, _ = steps[REPLICATED]
+
+  def draws(params):
+    ones = jax.tree.map(jnp.ones_like, params)
+    delta = kernelwise_noise(jax.random.key(3), params, 0.01)
+    return (kernelwise_noise(jax.random.key(3), ones, 0.01), delta, T.norm(params),
+            T.vdot(params, delta))
+
+  def run_draws(r, params):
+    return _run(draws, (r.state_sharding['params'],), (r.state_sharding['params'],) * 2 + (None, None), params)
+  ones_delta, delta, norm, dot = run_draws(run, state['params'])
+  rep_ones_delta, rep_delta, _, _ = run_draws(rep_run, rep_state['params'])
   assert any('fsdp' in x.sharding.spec for x in jax.tree.leaves(delta))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), delta, rep_delta)
-  host = [np.asarray(x, np.float64) for x in jax.tree.leaves(rep_params)]
-  norm, dot = jax.jit(T.norm)(params), jax.jit(T.vdot)(params, delta)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), ones_delta,
+               rep_ones_delta)
+  _assert_close(delta, rep_delta, 'δ0 ')
+  host = [np.asarray(x, np.float64) for x in jax.tree.leaves(rep_state['params'])]
   np.testing.assert_allclose(norm, np.sqrt(sum(np.sum(x * x) for x in host)), rtol=1e-6)
   np.testing.assert_allclose(dot, sum(np.sum(x * np.asarray(d, np.float64)) for x, d in
                                       zip(host, jax.tree.leaves(rep_delta))), rtol=1e-5)
@@ -219,3 +251,19 @@ def test_leaf_rule():
   assert sharding.leaf_spec((768,), 4, 8, 4 * 2**20) == P()             # small: replicated
   assert sharding.leaf_spec((768, 3072), 4, 1, 0) == P()                # no fsdp axis
   assert sharding.leaf_spec((16, 16), 4, 8, 0) == P('fsdp')             # ties: the earlier dimension
+
+
+def test_the_vit_l16_config_documents_its_state_per_chip():
+  """configs/vit_l16_rsam.py's memory figures are the rule's, from shapes (a trace of ViT-L/16, no arrays)."""
+  import re
+  from configs import vit_l16_rsam
+  config = vit_l16_rsam.get_config()
+  replicated_gib, fsdp8_gib = map(float, re.search(r'([\d.]+) GiB replicated, ([\d.]+) GiB at fsdp=8',
+                                                   vit_l16_rsam.__doc__).groups())
+  assert dict(config.mesh) == {'data': -1, 'fsdp': 8} and sharding.make_mesh(config).shape['fsdp'] == 8
+  config.total_steps = 100_000  # the shapes do not depend on it; spares reading the dataset's size
+  shapes = train_step.state_shapes(config)
+  by_fsdp = sharding.bytes_by_fsdp(shapes, (1, 8), sharding.min_shard_bytes(config))
+  assert round(by_fsdp[1] / 2**30, 2) == replicated_gib and round(by_fsdp[8] / 2**30, 2) == fsdp8_gib
+  assert f"{sum(x.size for x in jax.tree.leaves(shapes['params'])) / 1e6:.1f}M parameters" in (
+      ' '.join(vit_l16_rsam.__doc__.split()))

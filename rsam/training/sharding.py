@@ -147,6 +147,16 @@ def bytes_per_device(shapes, specs, mesh_sizes: Dict[str, int]) -> int:
   return total
 
 
+def bytes_by_fsdp(shapes, fsdp_sizes, min_bytes: int = DEFAULT_MIN_SHARD_BYTES) -> Dict[int, int]:
+  """{fsdp size: bytes of ``shapes`` per device} under ``leaf_spec`` (any data size: 'data' replicates)."""
+  out = {}
+  for fsdp in fsdp_sizes:
+    specs = jax.tree.map(lambda s: leaf_spec(tuple(s.shape), np.dtype(s.dtype).itemsize, fsdp, min_bytes),
+                         shapes)
+    out[int(fsdp)] = bytes_per_device(shapes, specs, {'data': 1, STATE_AXIS: fsdp})
+  return out
+
+
 def addressable_bytes(tree, device: Optional[Any] = None) -> int:
   """Bytes of ``tree``'s arrays that live on ``device`` (default: the first), measured from the shards."""
   device = jax.devices()[0] if device is None else device

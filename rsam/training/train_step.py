@@ -77,23 +77,33 @@ class Run:
   batch_sharding: Any  # the batch's leading axis over every mesh axis
 
 
-def build(config, mesh: Mesh) -> Run:
-  num_devices = mesh.devices.size
+def _parts(config):
+  """(model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state) of ``config``; no device."""
   num_classes = sources.num_classes(config.data)
   total_steps = config_check.total_steps(config)
   schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
-                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
-                              accum_steps=config.grad_accum_steps,
-                              per_device_batch=config.batch_size // num_devices)  # batch over all axes
   model = build_model(config, num_classes)
 
   def init_state():
     params, model_state = init_variables(model, config, sources.image_shape(config.data))
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'model_state': model_state,
             'opt_state': tx.init(params)}
+  return model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state
 
+
+def state_shapes(config):
+  """The train state's ShapeDtypeStructs (jax.eval_shape: traced, nothing materialized, no mesh)."""
+  return jax.eval_shape(_parts(config)[-1])
+
+
+def build(config, mesh: Mesh) -> Run:
+  num_devices = mesh.devices.size
+  model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state = _parts(config)
+  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
+                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
+                              accum_steps=config.grad_accum_steps,
+                              per_device_batch=config.batch_size // num_devices)  # batch over all axes
   min_bytes = sharding.min_shard_bytes(config)
   shapes = jax.eval_shape(init_state)  # shapes only: nothing is materialized to decide the layout
   sharding.check_state_split(mesh, shapes['params'], min_bytes)
