@@ -125,11 +125,12 @@ def _config(mesh=REPLICATED):
   return c
 
 
-def _one_step(config):
-  """(run, initial state, state after one step, metrics) on the mesh of ``config``."""
+def _one_step(config, state=None):
+  """(run, initial state, state after one step, metrics) on the mesh of ``config``; ``state``: an initial
+  state to lay out on it (spares compiling the initialisation again)."""
   mesh = sharding.make_mesh(config)
   run = train_step.build(config, mesh)
-  state = run.init_state()
+  state = run.init_state() if state is None else jax.device_put(state, run.state_sharding)
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(32, 8, 8, 1)).astype(np.float32),
            'label': rng.integers(0, 10, size=(32,)).astype(np.int32)}
@@ -143,7 +144,8 @@ def _one_step(config):
 @pytest.fixture(scope='module')
 def steps(compile_cache):
   del compile_cache
-  return {mesh: _one_step(_config(mesh)) for mesh in (REPLICATED, FSDP8)}
+  replicated = _one_step(_config(REPLICATED))
+  return {REPLICATED: replicated, FSDP8: _one_step(_config(FSDP8), state=replicated[1])}
 
 
 def test_a_sharded_train_step_equals_the_replicated_one(steps):
@@ -172,13 +174,13 @@ def test_state_bytes_per_device_is_an_eighth(steps):
   assert sharding.bytes_per_device(shapes, specs, {'data': 1, 'fsdp': 8}) == per_device[0]
 
 
-def test_noise_and_global_norms_do_not_depend_on_the_layout(steps):
+def test_noise_and_global_norms_do_not_depend_on_the_layout(mlp_steps):
   """δ0 = γ‖w_j‖z: the draw z is the same bits in any layout (seen through all-ones parameters, whose
   kernel norms are exact in any summation order); with real parameters ‖w_j‖ is a reduction over split
   dimensions, so δ0 agrees to float32 rounding. Global norms and inner products are those of the whole
   arrays."""
-  run, state, _, _ = steps[FSDP8]
-  rep_run, rep_state, _, _ = steps[REPLICATED]
+  shardings, state, _ = mlp_steps[FSDP8]
+  rep_shardings, rep_state, _ = mlp_steps[REPLICATED]
 
   def draws(params):
     ones = jax.tree.map(jnp.ones_like, params)
@@ -186,10 +188,10 @@ def test_noise_and_global_norms_do_not_depend_on_the_layout(steps):
     return (kernelwise_noise(jax.random.key(3), ones, 0.01), delta, T.norm(params),
             T.vdot(params, delta))
 
-  def run_draws(r, params):
-    return _run(draws, (r.state_sharding['params'],), (r.state_sharding['params'],) * 2 + (None, None), params)
-  ones_delta, delta, norm, dot = run_draws(run, state['params'])
-  rep_ones_delta, rep_delta, _, _ = run_draws(rep_run, rep_state['params'])
+  def run_draws(shardings, params):
+    return _run(draws, (shardings['params'],), (shardings['params'],) * 2 + (None, None), params)
+  ones_delta, delta, norm, dot = run_draws(shardings, state['params'])
+  rep_ones_delta, rep_delta, _, _ = run_draws(rep_shardings, rep_state['params'])
   assert any('fsdp' in x.sharding.spec for x in jax.tree.leaves(delta))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), ones_delta,
                rep_ones_delta)
