@@ -863,6 +863,11 @@ def markdown(report) -> str:
                                                        if f['bytes_accessed'] else '')
                      if f else f'{k}: n/a (the cost analysis counts the scan over groups once)')
                     for k, f in r['flops_ratios'].items())]
+    fsdp = {v: r['variants'][v] for v in FSDP if 'state_bytes_per_device' in r['variants'].get(v, {})}
+    if fsdp and 'state_bytes_per_device' in r['variants'].get('rsam', {}):
+      mb = lambda x: f"{x['state_bytes_per_device'] / 2**20:.3f} MB"
+      lines += ['', f"Train state on one device (measured from its shards): rsam {mb(r['variants']['rsam'])}; "
+                + '; '.join(f"{v} {mb(x)} (mesh {x['mesh']})" for v, x in fsdp.items())]
     if 'sam_vs_optax_first_step_max_abs_param_diff' in r:
       lines += ['', f"Our SAM and optax.contrib.sam from the same state: max |Δparams| after one step = "
                 f"{r['sam_vs_optax_first_step_max_abs_param_diff']:.2e}."]
