@@ -39,12 +39,12 @@ def evaluate_checkpoint(config, workdir: str, *, step=None, eval_sets=None) -> d
     with config.unlocked():
       config.eval_sets = tuple(eval_sets)
   config_check.validate(config)
-  mesh = train_step.make_mesh()
+  mesh = train_step.make_mesh(config)
   config_check.check_batch(config, num_devices=mesh.devices.size, process_count=jax.process_count())
   run = train_step.build(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None, asynchronous=False)
   step, state = ckpt.restore(step, checkpointing.abstract_state(jax.eval_shape(run.init_state),
-                                                                 train_step.NamedSharding(mesh, train_step.P())))
+                                                                 run.state_sharding))
   sets = data.make_eval_sets(config.data, tuple(config.eval_sets), global_batch_size=config.eval_batch_size)
   results = evaluation.Evaluator(run.model, mesh, sets).run(state['params'], state['model_state'])
   out = {'step': step, 'eval': results, 'hardware': loop.hardware()}

@@ -4,8 +4,9 @@ r"""Trains a model with any updater, data-parallel over every device of every ho
     python train.py --config configs/cifar.py:dataset=cifar100,model=wrn28_10,updater=rsam --workdir ...
     python train.py --config configs/vit_b16_rsam.py --workdir gs://... --config.data.data_dir=gs://...
 
-One ``jax.jit`` step on a ``Mesh`` with a single 'data' axis: the state is replicated and donated, the
-batch split on 'data'. Each step: targets (one-hot, smoothing, mixup) -> the updater's gradient -> the
+One ``jax.jit`` step on the ``Mesh`` of ``config.mesh`` (rsam/training/sharding.py): the batch is split over
+every device; the state is donated and replicated (the default, as the paper) or split along an 'fsdp'
+axis. Each step: targets (one-hot, smoothing, mixup) -> the updater's gradient -> the
 optax base optimizer. Every PRNG key is ``fold_in(key(seed), step)`` and the input pipeline is a function
 of (seed, step), so a run resumed from a checkpoint continues bit for bit. The workdir holds
 ``config.json``, ``checkpoints/``, TensorBoard events, ``wandb/`` (when on) and, at the end,

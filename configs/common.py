@@ -27,6 +27,11 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.mixup_alpha = 0.0
   c.batch_size = 128                 # global, over all devices and hosts
   c.grad_accum_steps = 1
+  # Device mesh (rsam/training/sharding.py): the batch is split over both axes; the state is split along
+  # 'fsdp' (leaves of at least shard_min_bytes, on their largest dimension fsdp divides) and replicated
+  # along 'data'. -1: the devices the other axis leaves. The default replicates the state, as the paper.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  c.shard_min_bytes = 2**20
   c.num_epochs = 200.0
   c.total_steps = placeholder(int)              # overrides num_epochs when set
   c.compute_dtype = 'float32'        # 'bfloat16': activations in bf16, parameters and ascent in float32

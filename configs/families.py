@@ -220,7 +220,7 @@ def cifar(dataset: str = 'cifar10', model: str = 'resnet18', updater: str = 'rsa
 VIT_MODELS = ('vit_b16', 'vit_s16')
 VIT_UPDATERS = ('adamw', 'sam', 'rsam', 'gsam', 'rgsam')
 VIT_AUGS = ('none', 'mixup', 'mixup_ra')
-HIDDEN_SIZE = {'vit_b16': 768, 'vit_s16': 384, 'vit_ti4': 192, 'vit_tiny': 32}
+HIDDEN_SIZE = {'vit_l16': 1024, 'vit_b16': 768, 'vit_s16': 384, 'vit_ti4': 192, 'vit_tiny': 32}
 IMAGENET_EVAL_SETS = ('validation', 'imagenet_real', 'imagenet_v2', 'imagenet_r', 'imagenet_c')
 # Each eval set's interval in steps (rsam/training/evaluation.py), 0 = only at the end: 'minival' (12,812
 # held-out train images, cheap) draws the curve, the test sets run 9 times in 92,897 steps, ImageNet-C
@@ -244,7 +244,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   """One ViT run of Table 3/4 or Fig. 3; ``rho_max``/``rho_min``/``lam`` override the updater's (the
   Fig. 3(b, c) sweeps); ``m`` examples per ascent group (None: the whole batch; default: 32 for SAM, the
   pair of ρ and m ViT-SAM trained with, 16 for the others); the module docstring gives every source."""
-  _choose('model', model, VIT_MODELS + ('vit_ti4', 'vit_tiny'))
+  _choose('model', model, VIT_MODELS + ('vit_l16', 'vit_ti4', 'vit_tiny'))  # vit_l16: beyond the paper
   _choose('updater', updater, VIT_UPDATERS)
   _choose('aug', aug, VIT_AUGS)
   c = get_base_config('plain' if updater == 'adamw' else updater)
@@ -291,7 +291,8 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
 # --- runlocal ----------------------------------------------------------------------------------------
 
 TINY_MODEL = {'resnet18': 'resnet_tiny', 'resnet50': 'resnet_tiny', 'wrn28_10': 'wrn_tiny',
-              'wrn16_4': 'wrn_tiny', 'vit_b16': 'vit_tiny', 'vit_s16': 'vit_tiny', 'vit_ti4': 'vit_tiny'}
+              'wrn16_4': 'wrn_tiny', 'vit_b16': 'vit_tiny', 'vit_s16': 'vit_tiny', 'vit_ti4': 'vit_tiny',
+              'vit_l16': 'vit_tiny'}
 RUNLOCAL = dict(batch_size=16, eval_batch_size=16, total_steps=2, num_train_examples=32, image_size=32,
                 m=2)
 

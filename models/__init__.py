@@ -86,6 +86,12 @@ def _vit_b16(**kw):
                           mlp_dim=3072), kw)
 
 
+@_register("vit_l16")
+def _vit_l16(**kw):  # beyond the paper (configs/vit_l16_rsam.py); ViT-L/16 of Dosovitskiy et al. 2021
+  return _build(ViT, dict(patch_size=16, hidden_size=1024, depth=24, num_heads=16,
+                          mlp_dim=4096), kw)
+
+
 @_register("vit_ti4")
 def _vit_ti4(**kw):
   return _build(ViT, dict(patch_size=4, hidden_size=192, depth=12, num_heads=3,

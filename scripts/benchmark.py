@@ -44,6 +44,12 @@ of its pass are dropped. That is what our updaters do too (model state comes fro
 comparison holds for a BatchNorm ResNet as well as for the BN-free ViT; both models are compared. The
 first step of both from the same state is checked to give the same parameters.
 
+Sharded state. ``rsam_fsdp`` is the ``rsam`` step with the train state split along an 'fsdp' mesh axis
+over every device (rsam/training/sharding.py; every leaf that can be split is, as the benchmark models are
+small): 'R-SAM fsdp/replicated' is the cost of the all-gathers and reduce-scatters XLA adds, for
+information (on one device the two are the same program). The report also tabulates the train state per
+device of the ViT-B/16 and ViT-L/16 ImageNet configs against the fsdp size, from shapes alone.
+
 Input pipelines. ``data.make_train_iterator`` itself (shuffle, stateless per-example augmentation,
 batching: the training code path) fed through ``tfds.testing.mock_data(as_dataset_fn=...)`` with encoded
 images this script makes: PNG-encoded 32×32 images for CIFAR (tfds stores CIFAR as PNG) and JPEGs of
@@ -73,7 +79,10 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 VARIANTS = ('sgd', 'sam', 'rsam', 'rsam_fused_noise', 'gsam', 'rgsam', 'lpf_sgd', 'sam_grouped',
-            'sam_grouped_vmap', 'optax_sam')
+            'sam_grouped_vmap', 'optax_sam', 'rsam_fsdp')
+# Variants with the state split along 'fsdp' over every device (rsam/training/sharding.py); the others
+# replicate it. Every leaf that can be split is (shard_min_bytes 0): the benchmark models are small.
+FSDP = ('rsam_fsdp',)
 # m-sharpness variants: the group mode each runs in (rsam.msharpness; 'auto' = the backend's default).
 GROUPED = {'sam_grouped': 'auto', 'sam_grouped_vmap': 'vmap'}
 # Forward-backward passes per step: the unit of the model FLOPs behind MFU.
@@ -89,6 +98,7 @@ TIME_RATIOS = (
     ('grouped/ungrouped', 'sam_grouped', 'sam', 1.15),
     ('grouped vmap/ungrouped', 'sam_grouped_vmap', 'sam', None),
     ('SAM/optax SAM', 'sam', 'optax_sam', 1.00),
+    ('R-SAM fsdp/replicated', 'rsam_fsdp', 'rsam', None),  # for information: the cost of the gathers
 )
 MEMORY_RATIOS = (
     ('R-SAM/SAM', 'rsam', 'sam', 1.10),
@@ -99,7 +109,11 @@ MEMORY_RATIOS = (
     ('grouped/ungrouped', 'sam_grouped', 'sam', None),
     ('grouped vmap/ungrouped', 'sam_grouped_vmap', 'sam', None),
     ('SAM/optax SAM', 'sam', 'optax_sam', None),
+    ('R-SAM fsdp/replicated', 'rsam_fsdp', 'rsam', None),
 )
+# Models whose train state per device the report tabulates against the fsdp size: the ImageNet ViT
+# config (configs/imagenet_vit.py, R-SAM, AdamW) of each, from shapes alone.
+STATE_MEMORY_FSDP = (1, 2, 4, 8, 16, 32)
 PIPELINE_TARGET = 3.0  # pipeline images/s (all cores) ≥ 3 × the images/s of the step it feeds
 CONFIDENCE = 0.95      # of the distribution-free interval for a median ratio
 # Dense bfloat16 matrix peak per device in TFLOP/s (vendor datasheets), by a substring of the lower-case
@@ -115,6 +129,7 @@ PRESETS = {
         models=['resnet18:widths=32/64/128/256,batch=128', 'vit_ti4:depth=6,batch=128'],
         variants=VARIANTS, repeats=9, steps=1, warmup=2, m=16, fast_compile=False,
         imagenet_step='vit_s16:batch=8,image=224,data=imagenet2012', pipelines=True,
+        state_memory=('vit_b16', 'vit_l16'),
         # Whole epochs (each epoch is a fresh tf.data pipeline that refills its shuffle buffer).
         cifar=dict(num_examples=4096, batch=128, batches=64, distinct=512),
         imagenet=dict(num_examples=256, batch=32, batches=7, distinct=32, width=500, height=375,
@@ -125,7 +140,7 @@ PRESETS = {
     'smoke': dict(
         models=['vit_tiny:depth=0,batch=16,data=digits'],
         variants=VARIANTS, repeats=2, steps=1, warmup=1, m=None, fast_compile=True,
-        imagenet_step='', pipelines=True,
+        imagenet_step='', pipelines=True, state_memory=('vit_tiny',),
         cifar=dict(num_examples=64, batch=16, batches=2, distinct=8),
         imagenet=dict(num_examples=16, batch=8, batches=1, distinct=4, width=64, height=48,
                       image_size=32, randaugment_layers=2, randaugment_magnitude=15),
@@ -136,7 +151,8 @@ PRESETS = {
     'gpu': dict(
         models=['vit_b16:batch=256,image=224,data=imagenet2012,dtype=bfloat16'],
         variants=tuple(v for v in VARIANTS if v != 'lpf_sgd'), repeats=7, steps=5, warmup=2, m=16,
-        fast_compile=False, imagenet_step='', pipelines=False, pin=False),
+        fast_compile=False, imagenet_step='', pipelines=False, pin=False,
+        state_memory=('vit_b16', 'vit_l16')),
 }
 
 
@@ -291,7 +307,7 @@ def _command(argv):
 
 
 # ------------------------------------------------------------------------------------ the train steps
-def _config(model, updater: str, m=None, group_mode='auto'):
+def _config(model, updater: str, m=None, group_mode='auto', fsdp=False):
   from configs.common import get_base_config
   c = get_base_config(updater)
   c.model.name = model['name']
@@ -306,6 +322,8 @@ def _config(model, updater: str, m=None, group_mode='auto'):
   if m is not None:
     c.updater.m = m
     c.updater.group_mode = group_mode
+  if fsdp:
+    c.mesh.data, c.mesh.fsdp, c.shard_min_bytes = 1, -1, 0
   return c
 
 
@@ -384,12 +402,12 @@ def _device_peak():
 def _synthetic_batch(model, num_classes, image_shape, mesh, seed=0):
   import jax
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
   rng = np.random.default_rng(seed)
   b = model['batch']
   batch = {'image': rng.standard_normal((b,) + tuple(image_shape)).astype(np.float32),
            'label': rng.integers(0, num_classes, size=(b,)).astype(np.int32)}
-  return jax.device_put(batch, NamedSharding(mesh, P('data')))
+  from rsam.training import sharding
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
@@ -404,11 +422,13 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   import data
-  from rsam.training import train_step
+  from rsam.training import sharding, train_step
   updater = {'sgd': 'plain', 'sam_grouped': 'sam', 'sam_grouped_vmap': 'sam', 'optax_sam': 'sam',
-             'rsam_fused_noise': 'rsam'}.get(variant, variant)
+             'rsam_fused_noise': 'rsam', 'rsam_fsdp': 'rsam'}.get(variant, variant)
   config = _config(model, updater, m=m if variant in GROUPED else None,
-                   group_mode=GROUPED.get(variant, 'auto'))
+                   group_mode=GROUPED.get(variant, 'auto'), fsdp=variant in FSDP)
+  if variant in FSDP:  # the same devices, all on 'fsdp'
+    mesh = sharding.make_mesh(config, mesh.devices.flat)
   run = train_step.build(config, mesh)
   if variant == 'optax_sam':
     step_fn, opt = _optax_sam_step(config, run.model, run.tx, run.num_classes)
@@ -422,10 +442,11 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   else:
     step_fn = train_step.make_train_step(config, run.model, run.updater, run.tx, run.num_classes)
     init_state = (run.init_state if base_state is None
-                  else lambda: jax.tree.map(lambda x: x.copy(), base_state))
-  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  jitted = jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+                  else lambda: jax.device_put(jax.tree.map(lambda x: x.copy(), base_state),
+                                              run.state_sharding))
+  state_sharding = run.state_sharding if variant != 'optax_sam' else sharding.replicated(mesh)
+  jitted = jax.jit(step_fn, in_shardings=(state_sharding, run.batch_sharding),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
   state = init_state()
   batch = _synthetic_batch(model, run.num_classes, data.image_shape(config.data), mesh)
   t0 = time.perf_counter()
@@ -438,7 +459,8 @@ def _build_variant(model, variant, mesh, m, base_state=None, fast_compile=False)
   info = {'lower_s': t1 - t0, 'compile_s': t2 - t1, 'memory': _memory(compiled),
           'cost': _cost(compiled), 'num_params': int(num_params),
           'hlo_conditionals': compiled.as_text().count(' conditional('),
-          'updater': repr(run.updater) if variant != 'optax_sam' else 'optax.contrib.sam(opaque)'}
+          'updater': repr(run.updater) if variant != 'optax_sam' else 'optax.contrib.sam(opaque)',
+          'mesh': dict(mesh.shape), 'state_bytes_per_device': sharding.addressable_bytes(state)}
   if variant in GROUPED:
     info['m'] = m
     info['groups_per_device'] = model['batch'] // mesh.devices.size // m
@@ -547,6 +569,27 @@ def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor,
     a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['sam'])])
     b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(first_params['optax_sam'])])
     out['sam_vs_optax_first_step_max_abs_param_diff'] = float(np.max(np.abs(a - b)))
+  return out
+
+
+def state_memory(models, fsdp_sizes=STATE_MEMORY_FSDP) -> dict:
+  """{model: params, and bytes of the train state per device by fsdp size} for the ImageNet ViT R-SAM
+  config of each model (configs/imagenet_vit.py: AdamW, so parameters + two moments, float32), by the
+  training code's own rule (rsam.training.sharding.leaf_spec at the config's shard_min_bytes) from
+  shapes alone: nothing is materialized, so ViT-L/16 costs a trace, not 3 GB."""
+  import jax
+  from configs import imagenet_vit
+  from rsam.training import sharding, train_step
+  out = {}
+  for name in models:
+    config = imagenet_vit.get_config(f'model={name},updater=rsam')
+    config.total_steps = 100_000  # the shapes do not depend on it; spares reading the dataset's size
+    shapes = train_step.state_shapes(config)
+    min_bytes = sharding.min_shard_bytes(config)
+    by_fsdp = sharding.bytes_by_fsdp(shapes, fsdp_sizes, min_bytes)
+    out[name] = {'num_params': int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params']))),
+                 'min_shard_bytes': min_bytes,
+                 'bytes_per_device': {str(k): v for k, v in by_fsdp.items()}}
   return out
 
 
@@ -820,6 +863,11 @@ def markdown(report) -> str:
                                                        if f['bytes_accessed'] else '')
                      if f else f'{k}: n/a (the cost analysis counts the scan over groups once)')
                     for k, f in r['flops_ratios'].items())]
+    fsdp = {v: r['variants'][v] for v in FSDP if 'state_bytes_per_device' in r['variants'].get(v, {})}
+    if fsdp and 'state_bytes_per_device' in r['variants'].get('rsam', {}):
+      mb = lambda x: f"{x['state_bytes_per_device'] / 2**20:.3f} MB"
+      lines += ['', f"Train state on one device (measured from its shards): rsam {mb(r['variants']['rsam'])}; "
+                + '; '.join(f"{v} {mb(x)} (mesh {x['mesh']})" for v, x in fsdp.items())]
     if 'sam_vs_optax_first_step_max_abs_param_diff' in r:
       lines += ['', f"Our SAM and optax.contrib.sam from the same state: max |Δparams| after one step = "
                 f"{r['sam_vs_optax_first_step_max_abs_param_diff']:.2e}."]
@@ -843,6 +891,20 @@ def markdown(report) -> str:
       for v, row in c['by_step'].items():
         lines.append(f"| {kind} | {c['model']} | {v} | {row['step_images_per_s']:.1f} | "
                      f"{row['pipeline_over_step']:.2f} | {row['cores_needed_to_feed_step']:.3f} |")
+    lines.append('')
+  if report.get('state_memory'):
+    sizes = list(next(iter(report['state_memory'].values()))['bytes_per_device'])
+    lines += ['## Train state per device against the fsdp size', '',
+              'Parameters and AdamW moments (float32) of the ImageNet ViT R-SAM config, per device, with '
+              'the state split along `fsdp` (`config.mesh`; any `data` size replicates it) by the '
+              'training code\'s rule: leaves of at least `shard_min_bytes` on their largest dimension '
+              'the fsdp size divides. From shapes alone; the step adds activations and the '
+              'step\'s parameter-sized temporaries (perturbed weights, gradients).', '',
+              '| model | parameters | ' + ' | '.join(f'fsdp={k} GiB' for k in sizes) + ' |',
+              '|---|---|' + '---|' * len(sizes)]
+    for name, row in report['state_memory'].items():
+      lines.append(f"| {name} | {row['num_params'] / 1e6:.1f}M | "
+                   + ' | '.join(f"{row['bytes_per_device'][k] / 2**30:.3f}" for k in sizes) + ' |')
     lines.append('')
   lines += ['## Method', '', report['method'], '']
   return '\n'.join(lines)
@@ -1020,6 +1082,9 @@ def main(argv=None):
     write_json(report | {'step_times': report['step_times'] + [partial], 'partial': True},
                f'{out}/benchmark.json')
 
+  if preset.get('state_memory'):
+    log(f"state memory per device of {', '.join(preset['state_memory'])} (shapes only)")
+    report['state_memory'] = state_memory(preset['state_memory'])
   for spec in preset['models']:
     model = _parse_model(spec)
     report['step_times'].append(bench_updaters(

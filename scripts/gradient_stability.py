@@ -222,7 +222,7 @@ def load_config(spec: str):
 def load_checkpoint(config, workdir: str, step: Optional[int]):
   from rsam.training import checkpointing, config_check, paths, train_step
   config_check.validate(config)
-  mesh = train_step.make_mesh()
+  mesh = train_step.make_mesh(config)
   run = train_step.build(config, mesh)
   ckpt = checkpointing.Checkpointer(paths.normalize(workdir), every_steps=1, max_to_keep=None,
                                    asynchronous=False)

@@ -254,7 +254,7 @@ def test_one_and_eight_devices_agree_for_the_same_m(reference, tmp_path, monkeyp
   from jax.sharding import Mesh
   from rsam.training import loop
   with monkeypatch.context() as m:
-    m.setattr(loop, 'make_mesh', lambda: Mesh(np.asarray(jax.devices()[:1]), ('data',)))
+    m.setattr(loop, 'make_mesh', lambda config=None: Mesh(np.asarray(jax.devices()[:1]), ('data',)))
     results = _train(_config(**EVERY_STEP), tmp_path / 'one_device')
   assert ', 1 devices' in capsys.readouterr().out
   steps = (1, 2, 3, 6, TOTAL_STEPS)

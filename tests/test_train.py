@@ -336,6 +336,8 @@ _BAD = {  # name: (config overrides, exception type name, text the message must 
     'batch not divisible by devices': ({'batch_size': 12}, 'ConfigError', 'use a multiple of 8'),
     'missing dataset': ({'data.name': 'cifar10', 'data.data_dir': '<empty>'}, 'DataError',
                         f'`{sources.tfds_command()} build cifar10'),  # this environment's tfds
+    'mesh that does not fit the devices': ({'mesh.data': 3}, 'ConfigError', 'has 3 devices but this run has 8'),
+    'fsdp axis that splits no parameter': ({'mesh.fsdp': 8}, 'ConfigError', 'config.mesh.fsdp=8 divides no'),
 }
 
 

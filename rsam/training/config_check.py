@@ -21,10 +21,12 @@ class NonFiniteError(ConfigError):
   """The loss or the gradient became NaN/Inf (config.nan_policy='stop')."""
 
 
-# Fields that may change between a run and its resumption (cadence, logging, where data lives).
+# Fields that may change between a run and its resumption (cadence, logging, where data lives, and the
+# device layout: a checkpoint restores onto any mesh, so a run can move to another slice).
 BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'eval_intervals', 'checkpoint_every_steps',
                'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir', 'profile',
-               'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s')
+               'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s', 'mesh',
+               'shard_min_bytes')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
           'checkpoint_every_steps': int, 'keep_checkpoints': int, 'eval_batch_size': int,

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
 from rsam.errors import ConfigError
+from rsam.training import sharding
 
 
 def intervals(config) -> Dict[str, int]:
@@ -55,7 +56,7 @@ def write(writer, step: int, eval_results: dict) -> None:
 class Evaluator:
   def __init__(self, model, mesh, eval_sets: dict):
     self.model, self.eval_sets = model, eval_sets
-    self.batch_sharding = NamedSharding(mesh, P('data'))
+    self.batch_sharding = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     self._steps = {}
     for name, eval_set in eval_sets.items():

@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data
 from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation,
-                           interrupts, lease, paths, segments, writers)
+                           interrupts, lease, paths, segments, sharding, writers)
 from rsam.training import progress as progress_lib
 from rsam.training.train_step import build, make_mesh, make_train_step
 
@@ -52,7 +51,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
   compilation_cache.enable(config.get('compilation_cache_dir', ''))  # before anything compiles
-  mesh = make_mesh()
+  mesh = make_mesh(config)  # config.mesh: replicated state unless it has an fsdp axis > 1
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
@@ -64,21 +63,21 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   eval_sets = data.make_eval_sets(config.data, tuple(eval_every), global_batch_size=config.eval_batch_size)
 
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))
+  replicated, batch_sharding = sharding.replicated(mesh), run.batch_sharding
   ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
                                     max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
   cleanup.callback(checkpointing.close_quietly, ckpt)  # after a failed save, too
   # Restored into the state's shapes and shardings (traced, not compiled): a resume never computes the
   # initial state only to overwrite it.
-  restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(run.init_state), replicated))
+  restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(run.init_state), run.state_sharding))
   state = restored[1] if restored is not None else run.init_state()
   start_step = int(jax.device_get(state['step']))
   if restored is not None:
     print(f'resumed from step {start_step} in {workdir}', flush=True)
 
   train_step = jax.jit(make_train_step(config, model, run.updater, tx, run.num_classes),
-                       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                       in_shardings=(run.state_sharding, batch_sharding),
+                       out_shardings=(run.state_sharding, replicated),
                        donate_argnums=(0,))
   evaluator = evaluation.Evaluator(model, mesh, eval_sets)
   batches = data.make_train_iterator(config.data, global_batch_size=config.batch_size,

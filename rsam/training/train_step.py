@@ -8,18 +8,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 import models
 import rsam
 from data import mixup, sources
-from rsam.training import config_check, losses, optim
-
-
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ('data',))
+from rsam.training import config_check, losses, optim, sharding
+from rsam.training.sharding import make_mesh  # noqa: F401  (the one mesh constructor; re-exported)
 
 
 def build_model(config, num_classes: int):
@@ -85,25 +81,42 @@ class Run:
   updater: Any
   total_steps: int
   num_classes: int
-  init_state: Any  # () -> replicated state {'step', 'params', 'model_state', 'opt_state'}
+  init_state: Any  # () -> state {'step', 'params', 'model_state', 'opt_state'}, laid out as state_sharding
+  state_sharding: Any  # a NamedSharding per state leaf (rsam/training/sharding.py: replicated unless fsdp > 1)
+  batch_sharding: Any  # the batch's leading axis over every mesh axis
 
 
-def build(config, mesh: Mesh) -> Run:
-  num_devices = mesh.devices.size
+def _parts(config):
+  """(model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state) of ``config``; no device."""
   num_classes = sources.num_classes(config.data)
   total_steps = config_check.total_steps(config)
   schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
-                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
-                              accum_steps=config.grad_accum_steps,
-                              per_device_batch=config.batch_size // num_devices)
   model = build_model(config, num_classes)
 
   def init_state():
     params, model_state = init_variables(model, config, sources.image_shape(config.data))
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'model_state': model_state,
             'opt_state': tx.init(params)}
+  return model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state
 
-  init = jax.jit(init_state, out_shardings=NamedSharding(mesh, P()))
-  return Run(model, tx, schedule, updater, total_steps, num_classes, init)
+
+def state_shapes(config):
+  """The train state's ShapeDtypeStructs (jax.eval_shape: traced, nothing materialized, no mesh)."""
+  return jax.eval_shape(_parts(config)[-1])
+
+
+def build(config, mesh: Mesh) -> Run:
+  num_devices = mesh.devices.size
+  model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state = _parts(config)
+  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
+                              lr_max=lr_max, lr_min=lr_min, mesh=mesh,
+                              accum_steps=config.grad_accum_steps,
+                              per_device_batch=config.batch_size // num_devices)  # batch over all axes
+  min_bytes = sharding.min_shard_bytes(config)
+  shapes = jax.eval_shape(init_state)  # shapes only: nothing is materialized to decide the layout
+  sharding.check_state_split(mesh, shapes['params'], min_bytes)
+  state_sharding = sharding.state_shardings(mesh, shapes, min_bytes)
+  init = jax.jit(init_state, out_shardings=state_sharding)
+  return Run(model, tx, schedule, updater, total_steps, num_classes, init, state_sharding,
+             sharding.batch_sharding(mesh))
