@@ -49,7 +49,8 @@ CHECKED = ('batch_size', 'num_epochs', 'total_steps', 'grad_accum_steps', 'loss'
 # test keeps them in step; not imported, to keep this script free of JAX), the seed and the NaN policy.
 IGNORED = ('seed', 'wandb', 'distributed', 'data.data_dir', 'eval_sets', 'eval_batch_size',
            'eval_every_steps', 'eval_intervals', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-           'nan_policy', 'profile', 'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s')
+           'nan_policy', 'profile', 'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s',
+           'mesh', 'shard_min_bytes')
 
 
 # --- runs ---------------------------------------------------------------------------------------------
