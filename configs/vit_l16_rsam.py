@@ -8,9 +8,9 @@ epochs, ρ 2.5 → 1.5 lr-tied, λ 2, γ0 5e-4 ×5, m 16) on ViT-L/16 (24 layers
 4096; 305.4M parameters with the 1000-class head and pre-logits). Its hyper-parameters are B/16's, untuned
 for L/16: a starting point, not a published result.
 
-Mesh: ``config.mesh = {'data': -1, 'fsdp': 8}``: the state is split 8 ways (a TPU host's chips, or 8 GPUs of
-one server), replicated across the 'data' groups; on 256 chips that is data 32 × fsdp 8, 16 images per
-chip, one m-sharpness group each. Any device count that 8 divides works; a checkpoint restores onto another
+Mesh: ``config.mesh = {'data': -1, 'fsdp': 8}``: the state is split 8 ways (8 consecutive devices: a TPU v3
+host's cores, two v4 hosts on the slice's ICI, or one 8-GPU server), replicated across the 'data' groups;
+on 256 chips that is data 32 × fsdp 8, 16 images per chip, one m-sharpness group each. Any device count that 8 divides works; a checkpoint restores onto another
 mesh (``--config.mesh.fsdp=16``, or 1 to replicate), so a run can move to a different slice.
 
 Expected memory per chip (rsam/training/sharding.py's rule; the numbers come from
