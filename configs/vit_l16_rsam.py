@@ -10,8 +10,9 @@ for L/16: a starting point, not a published result.
 
 Mesh: ``config.mesh = {'data': -1, 'fsdp': 8}``: the state is split 8 ways (8 consecutive devices: a TPU v3
 host's cores, two v4 hosts on the slice's ICI, or one 8-GPU server), replicated across the 'data' groups;
-on 256 chips that is data 32 × fsdp 8, 16 images per chip, one m-sharpness group each. Any device count that 8 divides works; a checkpoint restores onto another
-mesh (``--config.mesh.fsdp=16``, or 1 to replicate), so a run can move to a different slice.
+on 256 chips that is data 32 × fsdp 8, 16 images per chip, one m-sharpness group each. Any device count
+that 8 divides works; a checkpoint restores onto another mesh (``--config.mesh.fsdp=16``, or 1 to
+replicate), so a run can move to a different slice.
 
 Expected memory per chip (rsam/training/sharding.py's rule; the numbers come from
 ``scripts/benchmark.py``'s state table, from shapes, and tests/test_sharding.py recomputes them):
