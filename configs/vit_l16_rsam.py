@@ -1,7 +1,7 @@
 r"""ViT-L/16 + R-SAM on ImageNet-1k: beyond the paper (which stops at ViT-B/16), with a sharded state.
 
     python train.py --config configs/vit_l16_rsam.py --workdir gs://BUCKET/vit_l16_rsam
-    python train.py --config configs/vit_l16_rsam.py:runlocal=1 --workdir /tmp/vit_l16_rsam  # 2 CPU steps
+    python train.py --config configs/vit_l16_rsam.py:runlocal=1 --workdir runs/vit_l16_local  # 2 CPU steps
 
 The ViT-B/16 R-SAM recipe of configs/imagenet_vit.py (AdamW, lr 3e-3, 10k warm-up, batch 4096, 300
 epochs, ρ 2.5 → 1.5 lr-tied, λ 2, γ0 5e-4 ×5, m 16) on ViT-L/16 (24 layers, width 1024, 16 heads, MLP
