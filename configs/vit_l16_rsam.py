@@ -1,17 +1,18 @@
 r"""ViT-L/16 + R-SAM on ImageNet-1k: beyond the paper (which stops at ViT-B/16), with a sharded state.
 
     python train.py --config configs/vit_l16_rsam.py --workdir gs://BUCKET/vit_l16_rsam
-    python train.py --config configs/vit_l16_rsam.py:runlocal=1 --workdir /tmp/vit_l16_rsam  # 2 CPU steps
+    python train.py --config configs/vit_l16_rsam.py:runlocal=1 --workdir runs/vit_l16_local  # 2 CPU steps
 
 The ViT-B/16 R-SAM recipe of configs/imagenet_vit.py (AdamW, lr 3e-3, 10k warm-up, batch 4096, 300
 epochs, ρ 2.5 → 1.5 lr-tied, λ 2, γ0 5e-4 ×5, m 16) on ViT-L/16 (24 layers, width 1024, 16 heads, MLP
 4096; 305.4M parameters with the 1000-class head and pre-logits). Its hyper-parameters are B/16's, untuned
 for L/16: a starting point, not a published result.
 
-Mesh: ``config.mesh = {'data': -1, 'fsdp': 8}``: the state is split 8 ways (a TPU host's chips, or 8 GPUs of
-one server), replicated across the 'data' groups; on 256 chips that is data 32 × fsdp 8, 16 images per
-chip, one m-sharpness group each. Any device count that 8 divides works; a checkpoint restores onto another
-mesh (``--config.mesh.fsdp=16``, or 1 to replicate), so a run can move to a different slice.
+Mesh: ``config.mesh = {'data': -1, 'fsdp': 8}``: the state is split 8 ways (8 consecutive devices: a TPU v3
+host's cores, two v4 hosts on the slice's ICI, or one 8-GPU server), replicated across the 'data' groups;
+on 256 chips that is data 32 × fsdp 8, 16 images per chip, one m-sharpness group each. Any device count
+that 8 divides works; a checkpoint restores onto another mesh (``--config.mesh.fsdp=16``, or 1 to
+replicate), so a run can move to a different slice.
 
 Expected memory per chip (rsam/training/sharding.py's rule; the numbers come from
 ``scripts/benchmark.py``'s state table, from shapes, and tests/test_sharding.py recomputes them):

@@ -121,7 +121,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   eval_results = {}
   step = start_step
   print(f'training {config.model.name} with {config.updater.name} on {config.data.name}: '
-        f'{total_steps} steps, global batch {config.batch_size}, {num_devices} devices', flush=True)
+        f'{total_steps} steps, global batch {config.batch_size}, {num_devices} devices '
+        f'(mesh {" x ".join(f"{k}={v}" for k, v in mesh.shape.items())})', flush=True)
   try:
     while step < total_steps:
       local = next(batches)

@@ -11,7 +11,8 @@
          that communication.
 
 The batch is split over both axes (every device gets global_batch / num_devices examples). 'fsdp' is the
-inner (minor) axis: on a TPU slice its devices are neighbours, where the all-gathers are cheapest.
+inner (minor) axis: its groups are consecutive devices, within one host where fsdp divides the host's
+device count, so the all-gathers stay on the fastest links.
 
 Which leaves are split (``leaf_spec``), a rule in the spirit of big_vision's fsdp strategy: a leaf of at
 least ``config.shard_min_bytes`` is split along its largest dimension that the fsdp size divides (ties:
@@ -25,7 +26,6 @@ from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsam.errors import ConfigError
@@ -79,11 +79,10 @@ def make_mesh(config=None, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else list(devices)
   sizes = mesh_shape(mesh_config(config), len(devices))
   shape = tuple(sizes[name] for name in AXES)
-  try:  # a layout that follows the interconnect (TPU torus); any order where there is none
-    grid = mesh_utils.create_device_mesh(shape, devices)
-  except (ValueError, AssertionError, NotImplementedError):
-    grid = np.asarray(devices).reshape(shape)
-  return Mesh(grid, AXES)
+  # jax.devices() order (process by process), as before meshes came from the config: each host's devices
+  # hold one contiguous block of the batch, as the input pipeline's per-process slices require, and an
+  # fsdp group is consecutive devices, i.e. within a host when fsdp divides its device count.
+  return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
 def batch_axes(mesh: Mesh) -> tuple:
