@@ -1044,7 +1044,7 @@ def main(argv=None):
     write_json(report, args.render)
     paths.write_text(paths.path(paths.normalize(args.render)).parent / 'benchmark.md', markdown(report))
     return report
-  if args.host_devices and 'jax' not in sys.modules:
+  if args.host_devices:  # read when JAX's backend starts (not when jax is imported): none has started yet
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith('--xla_force_host_platform_device_count')]
     os.environ['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={args.host_devices}'])
