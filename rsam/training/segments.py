@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from clu.metric_writers import interface
 
-from rsam.training import paths
+from rsam.training import paths, writers
 
 NAME = 'segments.json'
 
@@ -72,39 +72,13 @@ class Segments:
     return _SkipRedone(writer, self.skip_to) if self.skip_to else writer
 
 
-class _SkipRedone(interface.MetricWriter):
+class _SkipRedone(writers.Forwarding):
   """Forwards to ``inner``, dropping scalars at steps <= ``skip_to`` (already written by an earlier segment)."""
 
   def __init__(self, inner: interface.MetricWriter, skip_to: int):
-    self.inner, self.skip_to = inner, skip_to
+    super().__init__(inner)
+    self.skip_to = skip_to
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     if step > self.skip_to:
       self.inner.write_scalars(step, scalars)
-
-  def write_texts(self, step, texts):
-    self.inner.write_texts(step, texts)
-
-  def write_images(self, step, images):
-    self.inner.write_images(step, images)
-
-  def write_hparams(self, hparams):
-    self.inner.write_hparams(hparams)
-
-  def write_summaries(self, step, values, metadata=None):
-    self.inner.write_summaries(step, values, metadata)
-
-  def write_videos(self, step, videos):
-    self.inner.write_videos(step, videos)
-
-  def write_audios(self, step, audios, *, sample_rate):
-    self.inner.write_audios(step, audios, sample_rate=sample_rate)
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    self.inner.write_histograms(step, arrays, num_buckets)
-
-  def flush(self):
-    self.inner.flush()
-
-  def close(self):
-    self.inner.close()

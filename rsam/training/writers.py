@@ -79,24 +79,11 @@ class WandbWriter(interface.MetricWriter):
     self.run.finish()
 
 
-class CopiedToWorkdir(interface.MetricWriter):
-  """Forwards to ``inner`` (writing into local folder ``local``) and copies that folder's new or grown
-  files to ``remote`` on flush (at most every ``every_secs``) and on close."""
+class Forwarding(interface.MetricWriter):
+  """A writer that hands every call to ``inner``; subclasses change what they need."""
 
-  def __init__(self, inner: interface.MetricWriter, local: str, remote: str, every_secs: float):
-    self.inner, self.local, self.remote, self.every_secs = inner, local, remote, every_secs
-    self._copied, self._last = {}, time.time()
-
-  def copy_now(self) -> None:
-    for name in sorted(os.listdir(self.local)):
-      source = os.path.join(self.local, name)
-      size = os.path.getsize(source) if os.path.isfile(source) else None
-      if size is None or self._copied.get(name) == size:
-        continue
-      with open(source, 'rb') as f:
-        (paths.path(self.remote) / name).write_bytes(f.read())  # event files are small: whole-file copies
-      self._copied[name] = size
-    self._last = time.time()
+  def __init__(self, inner: interface.MetricWriter):
+    self.inner = inner
 
   def write_scalars(self, step, scalars):
     self.inner.write_scalars(step, scalars)
@@ -121,6 +108,33 @@ class CopiedToWorkdir(interface.MetricWriter):
 
   def write_histograms(self, step, arrays, num_buckets=None):
     self.inner.write_histograms(step, arrays, num_buckets)
+
+  def flush(self):
+    self.inner.flush()
+
+  def close(self):
+    self.inner.close()
+
+
+class CopiedToWorkdir(Forwarding):
+  """Forwards to ``inner`` (writing into local folder ``local``) and copies that folder's new or grown
+  files to ``remote`` on flush (at most every ``every_secs``) and on close."""
+
+  def __init__(self, inner: interface.MetricWriter, local: str, remote: str, every_secs: float):
+    super().__init__(inner)
+    self.local, self.remote, self.every_secs = local, remote, every_secs
+    self._copied, self._last = {}, time.time()
+
+  def copy_now(self) -> None:
+    for name in sorted(os.listdir(self.local)):
+      source = os.path.join(self.local, name)
+      size = os.path.getsize(source) if os.path.isfile(source) else None
+      if size is None or self._copied.get(name) == size:
+        continue
+      with open(source, 'rb') as f:
+        (paths.path(self.remote) / name).write_bytes(f.read())  # event files are small: whole-file copies
+      self._copied[name] = size
+    self._last = time.time()
 
   def flush(self):
     self.inner.flush()
