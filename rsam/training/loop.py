@@ -42,6 +42,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     failed = paths.write_failure(e, workdir)
     if failed is None:
       raise
+    # The failed save's tensorstore callbacks report "Event loop is closed" later, as a restore's do.
+    checkpointing._quiet_failed_restore_leftovers()  # pylint: disable=protected-access
     raise failed from None
 
 
