@@ -56,6 +56,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
+  config_check.check_workdir(config, workdir, force=force_resume, write=False)  # another run's: refused as is
   held = lease.acquire_for_run(config, workdir, force=force_resume)  # before any write to the workdir
   cleanup.callback(lease.release, held)
   config_check.check_workdir(config, workdir, force=force_resume)
