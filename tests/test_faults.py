@@ -876,26 +876,26 @@ def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(reference, small_di
 
 def test_read_only_checkpoint_folder_is_one_line_and_keeps_the_last_checkpoint(reference, tmp_path, monkeypatch,
                                                                                capfd):
-  """The checkpoint folder becomes read-only after step 5 (a read-only bind mount as root; chmod 555
-  otherwise): the save of step 8 fails, checkpoint 4 stays."""
-  from rsam.training import loop
+  """The checkpoint folder becomes read-only once checkpoint 4 is written (a read-only bind mount as root;
+  chmod 555 otherwise): the save of step 8 fails, checkpoint 4 stays."""
+  from rsam.training import checkpointing
   workdir = tmp_path / 'run'
   folder = workdir / 'checkpoints'
-  real = loop.data.make_train_iterator
+  real = checkpointing.Checkpointer.save
   how = []
 
-  def make_train_iterator(*args, start_step=0, **kwargs):
-    for index, batch in enumerate(real(*args, start_step=start_step, **kwargs), start=start_step + 1):
-      if index == 6:
-        if os.geteuid() == 0:
-          _mount('--bind', str(folder), str(folder))
-          how.append('read-only bind mount')
-          _mount('-o', 'remount,bind,ro', str(folder))
-        else:
-          os.chmod(folder, 0o555)
-          how.append('chmod 555')
-      yield batch
-  monkeypatch.setattr(loop.data, 'make_train_iterator', make_train_iterator)
+  def save(self, step, *args, **kwargs):
+    if step == 5 and not how:
+      self.wait()  # checkpoint 4 is complete
+      if os.geteuid() == 0:
+        _mount('--bind', str(folder), str(folder))
+        how.append('read-only bind mount')
+        _mount('-o', 'remount,bind,ro', str(folder))
+      else:
+        os.chmod(folder, 0o555)
+        how.append('chmod 555')
+    return real(self, step, *args, **kwargs)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
   try:
     message = _write_failure(_config(checkpoint_every_steps=4), workdir, capfd)
   finally:

@@ -200,15 +200,16 @@ def _diff(a, b, prefix=''):
   return out
 
 
-def check_workdir(config, workdir: str, *, force: bool) -> None:
+def check_workdir(config, workdir: str, *, force: bool, write: bool = True) -> None:
   """Writes config.json on the first start; refuses a workdir that holds a different run.
 
   Only a workdir with checkpoints holds a run: a start that failed before its first checkpoint (a config
   error raised late, missing data, out of memory) leaves a config.json that the next start overwrites.
-  Local folders and gs:// buckets alike (rsam/training/paths.py).
+  Local folders and gs:// buckets alike (rsam/training/paths.py). ``write=False``: only the check (the
+  loop runs it before taking the workdir's lease, so a refused run changes nothing there).
   """
   path = paths.path(workdir) / 'config.json'
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and write:
     paths.check_writable(workdir)
   has_run = _has_checkpoints(workdir)
   saved_exists = paths.exists(path)
@@ -226,7 +227,7 @@ def check_workdir(config, workdir: str, *, force: bool) -> None:
     if differ:
       raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')
-  if jax.process_index() == 0 and (force or not has_run or not saved_exists):
+  if write and jax.process_index() == 0 and (force or not has_run or not saved_exists):
     try:
       paths.write_text(path, config.to_json_best_effort(indent=2))
     except OSError as e:

@@ -42,6 +42,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     failed = paths.write_failure(e, workdir)
     if failed is None:
       raise
+    # The failed save's tensorstore callbacks report "Event loop is closed" later, as a restore's do.
+    checkpointing._quiet_failed_restore_leftovers()  # pylint: disable=protected-access
     raise failed from None
 
 
@@ -55,6 +57,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
+  config_check.check_workdir(config, workdir, force=force_resume, write=False)  # another run's: refused as is
   held = lease.acquire_for_run(config, workdir, force=force_resume)  # before any write to the workdir
   cleanup.callback(lease.release, held)
   config_check.check_workdir(config, workdir, force=force_resume)

@@ -22,6 +22,7 @@ import json
 import os
 import logging
 import re
+import socket
 import warnings
 from typing import Any, Iterable, List, Union
 
@@ -314,7 +315,7 @@ def probe_writable(folder: PathLike) -> None:
   """Writes and deletes a small file in ``folder``; an OSError naming the folder if that fails. Run before a
   checkpoint save: a folder that became read-only fails here, not inside orbax's save threads (which then
   wait minutes for a folder that was never created before they give up)."""
-  probe = path(folder) / f'.rsam_write_probe_{os.getpid()}'
+  probe = path(folder) / f'.rsam_write_probe_{socket.gethostname()}_{os.getpid()}'  # one per process of a pod
   try:
     makedirs(folder)
     probe.write_text('')
