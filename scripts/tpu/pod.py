@@ -16,8 +16,8 @@ r"""A train.py run on a Cloud TPU VM pod slice, end to end: the logic behind scr
    (rsam/training/distributed.py). The workers' output streams here (and into ``~/rsam-train.log`` on each).
 4. Preemption: when the command ends without success, the TPU's state decides. Preempted or terminated
    (a queued resource: suspended or failed): delete it, create it again, install, rerun. A
-   healthy TPU: rerun, except after exit status 2 (an ``error:`` line: bad config or data, which a rerun
-   does not fix). The run resumes from the checkpoints in its workdir by itself. At most
+   healthy TPU: rerun, except after an exit status a rerun does not fix (``NOT_RERUN``: 2 a bad config
+   or data, 74 a failed write, 75 a workdir held by another run, 130 Ctrl-C). The run resumes from the checkpoints in its workdir by itself. At most
    ``--max_restarts`` reruns.
 
 ``--dry_run`` prints every command instead of running it (the path of a fresh start: the TPU does not exist
@@ -39,7 +39,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REMOTE_DIR = 'rsam'               # on each worker, relative to the home folder
 REMOTE_LOG = 'rsam-train.log'
-EXIT_CONFIG_ERROR = 2             # train.py's exit status after an `error:` line
+# train.py's exit statuses that a rerun does not fix (README, "Exit codes"): they stop the launcher.
+NOT_RERUN = {2: 'an `error:` line about the config, data or flags',
+             74: 'a write failed (disk full, read-only or unwritable workdir)',
+             75: 'the workdir is in use by another run (its lease)',
+             130: 'stopped with Ctrl-C'}
 
 # TPU VM states (gcloud compute tpus tpu-vm describe) and queued-resource states (its state.state): ready;
 # gone (preempted or ended: delete and create again); on the way (wait). Any other (STOPPED, HIDDEN, ...)
@@ -260,9 +264,9 @@ def launch(pod: Pod, job: Job, runner: Runner, *, max_restarts: int, poll_second
       log(f'# done: results in {job.workdir}')
       return 0
     now = state(pod, runner)
-    if now in READY[pod.kind] and code == EXIT_CONFIG_ERROR:
-      raise LaunchError(f'train.py stopped with an error (exit {code}; its `error:` line is above); fix it '
-                        f'and launch again: the run resumes from {job.workdir}')
+    if now in READY[pod.kind] and code in NOT_RERUN:
+      raise LaunchError(f'train.py stopped: {NOT_RERUN[code]} (exit {code}; its `error:` line is above); fix '
+                        f'it and launch again: the run resumes from {job.workdir}')
     if restarts >= max_restarts:
       raise LaunchError(f'the run ended with exit {code} (TPU {now}) after {restarts} restarts; raise '
                         f'--max_restarts or look at ~/{REMOTE_LOG} on the workers')
