@@ -37,7 +37,8 @@ def spy(loss_fn, params, model_state, batch, key, step):
 
 
 @pytest.fixture(scope='module')
-def setup():
+def setup(compile_cache):
+  del compile_cache  # the steps compiled here load from the persistent cache in later modules and runs
   rng = np.random.default_rng(0)
   images = rng.normal(size=(B, H, H, 1)).astype(np.float32)
   labels = np.array([0, 1, 2, 3, 4, 0, 2, 4], np.int32)  # neighbours differ: mixing is visible
