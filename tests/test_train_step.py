@@ -29,13 +29,16 @@ class Linear(nn.Module):
 def spy(loss_fn, params, model_state, batch, key, step):
   """An updater that changes nothing and reports what it was given."""
   del step
-  loss, (state, _) = loss_fn(params, model_state, batch, key)
+  loss, (state, metrics) = loss_fn(params, model_state, batch, key)
   grads = jax.tree.map(jnp.zeros_like, params)
-  return UpdateResult(loss, grads, state, {'seen_image': batch['image'], 'seen_target': batch['target']})
+  return UpdateResult(loss, grads, state, {**metrics, 'seen_image': batch['image'],
+                                           'seen_target': batch['target'],
+                                           'seen_key': jax.random.uniform(key, ())})
 
 
 @pytest.fixture(scope='module')
-def setup():
+def setup(compile_cache):
+  del compile_cache  # the steps compiled here load from the persistent cache in later modules and runs
   rng = np.random.default_rng(0)
   images = rng.normal(size=(B, H, H, 1)).astype(np.float32)
   labels = np.array([0, 1, 2, 3, 4, 0, 2, 4], np.int32)  # neighbours differ: mixing is visible
@@ -88,6 +91,8 @@ def test_step_feeds_the_loss_the_mixed_batch(setup, loss, smoothing):
   np.testing.assert_allclose(m['seen_target'], expected_targets, atol=1e-5)
   expected_loss = np_loss(np_logits(model, params, m['seen_image']), expected_targets, loss)
   np.testing.assert_allclose(m['loss'], expected_loss, rtol=1e-5)
+  logits = np_logits(model, params, m['seen_image'])
+  np.testing.assert_allclose(m['accuracy'], np.mean(logits.argmax(-1) == expected_targets.argmax(-1)))
 
 
 def test_step_without_mixup_feeds_the_smoothed_labels(setup):
@@ -98,3 +103,20 @@ def test_step_without_mixup_feeds_the_smoothed_labels(setup):
   np.testing.assert_allclose(m['seen_target'], t, atol=1e-6)
   np.testing.assert_allclose(m['loss'], np_loss(np_logits(model, params, images), t, 'softmax_xent'),
                              rtol=1e-5)
+
+
+def test_each_step_draws_its_own_mixup_ratio_and_updater_key(setup):
+  """The step's keys fold in the step number: the same ratio at every step would mix every batch alike."""
+  model, params, images, labels = setup
+  config = ml_collections.ConfigDict({'seed': 3, 'loss': 'softmax_xent', 'label_smoothing': 0.0,
+                                      'mixup_alpha': 0.4})
+  tx = optax.sgd(0.1)
+  fn = jax.jit(train_step.make_train_step(config, model, spy, tx, K))
+  seen = []
+  for step in (2, 3):
+    state = {'step': jnp.asarray(step, jnp.int32), 'params': params, 'model_state': {},
+             'opt_state': tx.init(params)}
+    _, m = fn(state, {'image': jnp.asarray(images), 'label': jnp.asarray(labels)})
+    seen.append((np.asarray(m['seen_target']), float(m['seen_key'])))
+  assert np.abs(seen[0][0] - seen[1][0]).max() > 1e-3, 'the same mixup ratio at steps 2 and 3'
+  assert seen[0][1] != seen[1][1], 'the same updater key at steps 2 and 3'

@@ -224,6 +224,27 @@ def test_rsam_clean_loss_is_loss_at_w():
   assert abs(float(out.loss) - np_loss(w, x, y)) > 1e-4
 
 
+def test_one_dropout_key_serves_every_pass_of_a_step():
+  """The module's convention: the passes of a step (and the clean-loss monitor) share one dropout key, the
+  second half of split(key); the noise draws from the first. A loss that adds a draw from its rng shows it."""
+  x, y, w = make_problem()
+
+  def rng_loss(params, state, batch, rng):
+    loss, aux = loss_fn(params, state, batch, rng)
+    return loss + jax.random.uniform(rng, ()), aux
+
+  key = 9
+  noise_key, dropout_key = jax.random.split(jax.random.key(key))
+  draw = float(jax.random.uniform(dropout_key, ()))
+  p32 = tmap(lambda v: jnp.asarray(v, jnp.float32), w)
+  batch = {'x': jnp.asarray(x, jnp.float32), 'y': jnp.asarray(y, jnp.float32)}
+  out = jax.jit(lambda p: rsam.SharpnessAware(rho=0.3, gamma=0.05, lam=2.0, clean_loss=True)(
+      rng_loss, p, {}, batch, jax.random.key(key), 0))(p32)
+  delta0 = np_noise(noise_key, w, 0.05)
+  np.testing.assert_allclose(out.loss, np_loss(tmap(np.add, w, delta0), x, y) + draw, rtol=1e-5)
+  np.testing.assert_allclose(out.aux['loss_clean'], np_loss(w, x, y) + draw, rtol=1e-5)
+
+
 def test_gsam_matches_reference():
   x, y, w = make_problem()
   rho, alpha = 0.3, 0.4
