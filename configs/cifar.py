@@ -12,7 +12,7 @@ Arguments (``key=value``, comma-separated):
   m         examples per ascent group (default none: the whole batch; see below)
   rho       the constant ρ of sam | rsam | gsam | rgsam | asam (default: the table below; the CIFAR
             R-SAM ρ sweep of configs/tables.py sets it)
-  runlocal  1: a 2-step CPU-sized run of the same config (configs/families.py: runlocal)
+  runlocal  1: a 2-step CPU-sized run of the same config on tfds mock data (configs/families.py: runlocal)
 
 Hyper-parameters and their sources (details in configs/families.py):
   200 epochs, batch 128                           [paper, Tables 1-2 captions]
@@ -29,7 +29,8 @@ Hyper-parameters and their sources (details in configs/families.py):
   ASAM: ρ 0.5 (C-10) / 1.0 (C-100), η 0.01         [SamsungLabs/ASAM README commands, asam.py]
   m = None: one ascent on the whole batch of 128   (ours: the paper does not give its CIFAR device
         count; single-GPU SAM/LPF-SGD codes do this, and it is device-count independent)
-Step count: ⌊200 · 50,000 / 128⌋ = 78,125 steps (exact), cosine over all of them.
+Step count: ⌊200 · 50,000 / 128⌋ = 78,125 steps (exact), cosine over all of them. The test set is evaluated
+every 5 epochs (1,950 steps; config.eval_intervals) for a curve, and at the end.
 """
 from configs import families
 

@@ -13,10 +13,12 @@ Arguments (``key=value``, comma-separated):
   rho_max, rho_min, lam   override the lr-tied ρ range and λ (Fig. 3(b) and 3(c) sweeps)
   m         examples per ascent group (default 16: the official per-TPU-core batch; SAM 32, the pair
             ViT-SAM's ρ goes with; none = whole batch)
-  runlocal  1: a 2-step CPU-sized run of the same config (vit_tiny, 32 px, batch 16)
+  runlocal  1: a 2-step CPU-sized run of the same config (vit_tiny, 32 px, batch 16), tfds mock data
 
 Every run evaluates on ImageNet val, ReaL, v2, R (200-class mask) and C (mean top-1 over 15 × 5), so
-the Table 3 rows without augmentation are also the Table 4 runs and the Fig. 3(a) R-SAM bar.
+the Table 3 rows without augmentation are also the Table 4 runs and the Fig. 3(a) R-SAM bar. During
+training: minival (train[99%:]) every 1,000 steps for the curve, val/ReaL/v2/R every 10,000, C at the end
+(config.eval_intervals).
 
 Hyper-parameters and their sources (details in configs/families.py):
   batch 4096, 300 epochs, Inception crop, 224 px      [paper Table 3/4 captions]

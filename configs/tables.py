@@ -192,3 +192,16 @@ def paper_numbers(run: Run) -> Dict[Tuple[str, str], Any]:
       if (spec.home, spec.name) == (run.home, run.name) and row and row.get('mean') is not None:
         out[(table, eval_set)] = row['mean']
   return out
+
+
+def cell_of(config) -> Optional[Run]:
+  """The run of the table cell whose config ``config`` is, up to its seed and bookkeeping fields (wandb,
+  intervals, data_dir, ...), or None: a config changed anywhere else belongs to no cell."""
+  from rsam.training import config_check  # pylint: disable=g-import-not-at-top
+
+  def key(c):
+    d = config_check._identity(c)  # pylint: disable=protected-access
+    d.pop('seed', None)
+    return json.dumps(d, sort_keys=True, default=str)
+  target = key(config)
+  return next((run for run in all_runs() if key(run.load()) == target), None)

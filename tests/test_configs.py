@@ -382,6 +382,9 @@ def test_family_trains_two_steps_at_runlocal_size(family, tmp_path, rbg_keys, ca
   assert compiling < compiled < out.index('step 1/2 |') < out.index('step 2/2 |')
   assert 'step 1/2 | ' in out and 'img/s after the first timed step' in out.split('step 1/2 |')[1].split('\n')[0]
   assert 'ETA 0s' in out.split('step 2/2 |')[1].split('\n')[0]
+  periodic_first = [n for n in config.eval_sets if config.eval_intervals.get(n)] + [
+      n for n in config.eval_intervals if n not in config.eval_sets and config.eval_intervals[n]]
+  assert f'compiling the evaluation of {", ".join(periodic_first)} (first use)...' in out  # after step 1
   assert glob.glob(str(tmp_path / 'work' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
   assert results['steps'] == results['total_steps'] == 2
   assert set(results['eval']) == set(config.eval_sets) | set(config.eval_intervals)  # the periodic-only too

@@ -201,7 +201,12 @@ def test_wandb_identity_of_a_table_cell():
   who = writers.identity(baseline)
   assert who['tags'] == ['table3', 'table4', 'vit_tiny', 'adamw', 'imagenet2012', 'seed0', 'mine']
   assert who['job_type'] == 'runlocal'
-  assert writers.identity(tables.by_name()[('1', 'resnet18-sgd')].load())['group'] is None  # no cell given
+  # No cell given: a table config run by hand is found by its content; a changed one belongs to no cell.
+  by_hand = tables.by_name()[('1', 'resnet18-sgd')].load()
+  by_hand.seed, by_hand.wandb.enabled, by_hand.data.data_dir = 3, True, 'gs://bucket/tfds'
+  assert writers.identity(by_hand)['name'] == 'table1/resnet18-sgd/seed3'
+  by_hand.optimizer.lr = 0.2
+  assert writers.identity(by_hand)['group'] is None and writers.identity(by_hand)['summary'] == {}
   baseline.wandb.cell = '3/nope'
   with pytest.raises(Exception, match=r"config.wandb.cell='3/nope' is not a table cell"):
     writers.identity(baseline)

@@ -58,7 +58,7 @@ class Evaluator:
     self.model, self.eval_sets = model, eval_sets
     self.batch_sharding = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
-    self._steps = {}
+    self._steps, self._compiled = {}, set()
     for name, eval_set in eval_sets.items():
       def step(params, model_state, batch, metric_fn=eval_set.metric_fn):
         logits = model.apply({'params': params, **model_state}, batch['image'], train=False)
@@ -68,6 +68,10 @@ class Evaluator:
   def run(self, params, model_state, names: Optional[Sequence[str]] = None) -> dict:
     """{set name: finalized metrics (accuracy, count, and the per-set extras)} of ``names`` (default all)."""
     results = {}
+    first = [n for n in self.eval_sets if (names is None or n in names) and n not in self._compiled]
+    if first:  # each set's program compiles on its first use: say so, the wait can be minutes
+      print(f'compiling the evaluation of {", ".join(first)} (first use)...', flush=True)
+      self._compiled.update(first)
     for name, eval_set in self.eval_sets.items():
       if names is not None and name not in names:
         continue

@@ -9,7 +9,8 @@ A wandb run's identity (``identity``):
 - id: drawn once and stored in ``<workdir>/wandb_id`` (config_check.run_id); a resumed run reuses it, a new
   workdir at the same path (``rm -rf`` and rerun, another machine) starts a new wandb run.
 - ``config.wandb.cell``: the table cell the run belongs to, ``<home>/<name>`` of configs/tables.py (e.g.
-  ``3/vit_b16-none-rsam``; scripts/reproduce.py sets it). Then group = the cell (``table3/vit_b16-none-rsam``:
+  ``3/vit_b16-none-rsam``; scripts/reproduce.py sets it); unset, the cell whose config equals the run's up
+  to seed and bookkeeping fields (configs/tables.py: cell_of), if any. Then group = the cell (``table3/vit_b16-none-rsam``:
   wandb's group averaging is the cell's mean over seeds), name = cell + seed, tags = the tables that read the
   run, and the summary holds the paper's numbers of that cell (``paper/table<k>/<set>/accuracy``, fractions
   as ours). ``group`` / ``name`` set explicitly win; ``tags`` add to the computed ones.
@@ -165,13 +166,17 @@ def identity(config) -> dict:
   group = name = None
   summary = {}
   cell = wandb_cfg.get('cell')
+  from configs import tables  # pylint: disable=g-import-not-at-top  (the training repo, not the wheel)
   if cell:
-    from configs import tables  # pylint: disable=g-import-not-at-top  (the training repo, not the wheel)
     home, _, cell_name = cell.partition('/')
     run = tables.by_name().get((home, cell_name))
     if run is None:
       raise ConfigError(f'config.wandb.cell={cell!r} is not a table cell of configs/tables.py; write it as '
                         f"'<home>/<name>', e.g. '3/vit_b16-none-rsam'")
+  else:  # a table config run by hand: found by its content (any change but seed and bookkeeping: none)
+    run = tables.cell_of(config)
+    home, cell_name = (run.home, run.name) if run else (None, None)
+  if run is not None:
     group = f'{tables.label(home)}/{cell_name}'
     name = f'{group}/seed{seed}'
     tags = [tables.label(t) for t in run.tables] + tags
