@@ -276,9 +276,10 @@ def test_readme_main_command_with_a_gcs_workdir(gcs, chain):
 
 
 def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
-  """jax.distributed over two processes on 127.0.0.1 (2 fake CPU devices each): both write their shards of
-  each checkpoint; process 0 alone writes config.json and results.json (counted from the emulator's access
-  log)."""
+  """jax.distributed over two processes on 127.0.0.1 (2 fake CPU devices each), the state split over all
+  four devices (fsdp=4, every leaf that divides): both processes write their shards of each checkpoint;
+  process 0 alone writes config.json and results.json (counted from the emulator's access log). (A
+  replicated array is written once, by the process that holds its first replica: checkpointing.py.)"""
   from tests import test_multihost
   bucket = gcs.create_bucket('rsam-two-processes')
   workdir = f'{bucket}/run'
@@ -289,7 +290,8 @@ def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
     log = open(tmp_path / f'process{i}.log', 'w')
     procs.append((subprocess.Popen(
         [sys.executable, 'train.py', '--config', 'configs/tiny.py:sam', '--workdir', workdir,
-         '--config.total_steps=4', '--config.checkpoint_every_steps=2', '--config.distributed.enabled=True',
+         '--config.total_steps=4', '--config.checkpoint_every_steps=2', '--config.mesh.fsdp=4',
+         '--config.shard_min_bytes=0', '--config.distributed.enabled=True',
          f'--config.distributed.coordinator_address=127.0.0.1:{port}', '--config.distributed.num_processes=2',
          f'--config.distributed.process_id={i}'],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))

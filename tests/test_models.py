@@ -274,7 +274,7 @@ def test_dropout_default_off():
 # --- registry ------------------------------------------------------------------------
 def test_registry_names():
   expected = {"resnet18", "resnet50", "resnet_tiny", "wrn28_10", "wrn16_4", "wrn_tiny",
-              "vit_s16", "vit_b16", "vit_ti4", "vit_tiny"}
+              "vit_s16", "vit_b16", "vit_l16", "vit_ti4", "vit_tiny"}
   assert isinstance(MODEL_NAMES, tuple)
   assert set(MODEL_NAMES) == expected
   for name in MODEL_NAMES:
