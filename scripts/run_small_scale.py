@@ -171,6 +171,14 @@ def main(argv=None):
       paths.path(workdir).rmtree()
     return workdir
 
+  def config_of(arg):  # the config of a run, with the command line's overrides
+    config = small_scale.get_config(arg)
+    if args.total_steps:
+      config.total_steps = args.total_steps
+    if args.log_every_steps:
+      config.log_every_steps = args.log_every_steps
+    return config
+
   if args.vmap:
     from rsam.training import multi_seed
     for rest, members in seed_groups(runs).items():
@@ -180,11 +188,7 @@ def main(argv=None):
         continue
       t0 = time.time()
       print(f'{rest}: seeds {[s for s, _ in todo]} in one program', flush=True)
-      config = small_scale.get_config(rest)
-      if args.total_steps:
-        config.total_steps = args.total_steps
-      if args.log_every_steps:
-        config.log_every_steps = args.log_every_steps
+      config = config_of(rest)
       workdirs = [fresh_workdir(run_name(arg)) for _, arg in todo]
       all_results = multi_seed.train_seeds(config, [s for s, _ in todo], workdirs)
       for (_, arg), results in zip(todo, all_results):
@@ -198,11 +202,7 @@ def main(argv=None):
       workdir = fresh_workdir(name)
       t0 = time.time()
       print(f'[{i + 1}/{len(runs)}] {name} (configs/small_scale.py:{arg})', flush=True)
-      config = small_scale.get_config(arg)
-      if args.total_steps:
-        config.total_steps = args.total_steps
-      if args.log_every_steps:
-        config.log_every_steps = args.log_every_steps
+      config = config_of(arg)
       results = train_and_evaluate(config, workdir)
       finish(name, arg, results, time.time() - t0)
   print(f'phase {args.phase} finished in {time.time() - start:.0f}s', flush=True)
