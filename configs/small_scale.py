@@ -16,7 +16,8 @@ identical for every run), resnet_tiny, SGD with momentum 0.9, lr 0.05 on a cosin
 decay 5e-4, batch 64, 100 epochs (= 500 steps; 5 steps per epoch). Clean full digits saturate
 (quickstart: ~98% test); with 320 noisy examples the SGD+M baseline stays well below that, and label
 noise is a regime where SAM is reported to help much (Foret et al. 2021, label-noise experiments).
-Evaluation on the clean 'val' (tuning) and 'test' (final table) splits, 360 images each.
+Evaluation on the clean 'val' (tuning) and 'test' (final table) splits, 360 images each, and on
+'train_unused', the 757 train images the subset leaves out (true labels; issue #14 pools it with test).
 
 ρ is a CONSTANT for every sharpness-aware updater (SAM, R-SAM, GSAM, R-GSAM), so the ρ comparison is
 like for like; GSAM's α is the only extra knob of GSAM/R-GSAM. R-SAM/R-GSAM/LPF-SGD draw kernel-wise
@@ -47,8 +48,9 @@ TUNED = {
 }
 
 
-def parse_arg(arg) -> dict:
-  """'updater=rsam,seed=1,rho=0.1' -> {'updater': 'rsam', 'seed': 1, 'rho': 0.1}."""
+def parse_arg(arg, updaters=UPDATERS, hyper=HYPER) -> dict:
+  """'updater=rsam,seed=1,rho=0.1' -> {'updater': 'rsam', 'seed': 1, 'rho': 0.1}; ``updaters`` and
+  ``hyper`` are the names a family's config accepts (configs/small_scale_vit.py passes its own)."""
   out = {}
   for item in (arg or '').split(','):
     item = item.strip()
@@ -59,8 +61,8 @@ def parse_arg(arg) -> dict:
                        f"(e.g. updater=rsam,seed=1)")
     key, value = (s.strip() for s in item.split('=', 1))
     if key == 'updater':
-      if value not in UPDATERS:
-        raise ValueError(f"updater={value!r}; choose one of: {', '.join(UPDATERS)}")
+      if value not in updaters:
+        raise ValueError(f"updater={value!r}; choose one of: {', '.join(updaters)}")
       out[key] = value
     elif key == 'seed':
       out[key] = int(value)
@@ -68,10 +70,10 @@ def parse_arg(arg) -> dict:
       if value not in DATA:
         raise ValueError(f"data={value!r}; choose one of: {', '.join(DATA)}")
       out[key] = value
-    elif key in HYPER:
+    elif key in hyper:
       out[key] = float(value)
     else:
-      raise ValueError(f"unknown key {key!r}; use updater, seed, data, {', '.join(HYPER)}")
+      raise ValueError(f"unknown key {key!r}; use updater, seed, data, {', '.join(hyper)}")
   return out
 
 
@@ -89,7 +91,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer.lr = SETTING['lr']
   c.batch_size = SETTING['batch_size']
   c.num_epochs = SETTING['num_epochs']
-  c.eval_sets = ('val', 'test')
+  # train_unused (the train images the subset leaves out, true labels): pooled with test for issue #14's
+  # paired tables; absent for data=clean, which trains on all of them.
+  c.eval_sets = ('val', 'test', 'train_unused') if data['train_subset'] else ('val', 'test')
   c.eval_batch_size = 360
   c.log_every_steps = 100
   c.checkpoint_every_steps = 100_000  # only the final state is saved (forced at the end)

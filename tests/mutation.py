@@ -327,6 +327,17 @@ MUTATIONS = (
     M('eval-real-unlabelled-counted', 'data/evalsets.py',
       'm = _mask(mask, logits.shape[0]) * jnp.any(real, axis=-1).astype(jnp.float32)',
       'm = _mask(mask, logits.shape[0])', note='ReaL counts images without labels'),
+    # issue #14's seed statistics and the larger digits test set
+    M('stats-normal-not-t', 'rsam/training/seed_stats.py', 'return stats.t.ppf(0.5 + confidence / 2, n - 1) * sd',
+      'return stats.norm.ppf(0.5 + confidence / 2) * sd', tests=('tests/test_seed_stats.py',),
+      note='the interval with the normal quantile at any n'),
+    M('stats-pooled-unweighted', 'rsam/training/seed_stats.py',
+      'return sum(accuracies[k] * counts[k] for k in accuracies) / total',
+      'return sum(accuracies.values()) / len(accuracies)', tests=('tests/test_seed_stats.py',),
+      note='pooled accuracy ignores the set sizes'),
+    M('digits-unused-overlaps-train', 'data/sources.py', "idx = splits['train'][spec.train_subset:]",
+      "idx = splits['train'][spec.train_subset - 1:]",
+      tests=('tests/test_small_scale_configs.py', '-k', 'unused'), note='train_unused holds a trained image'),
 )
 
 # The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one

@@ -25,6 +25,16 @@ def test_sweep_and_best():
   assert best['sem'] == pytest.approx(math.sqrt(2) / math.sqrt(2))
 
 
+def test_sweep_defaults_and_other_axes():
+  rows = [{'arg': a, 'val': v} for a, v in (
+      ('updater=rsam,rho_max=0.1,seed=0', 0.5), ('updater=rsam,rho_max=0.3,seed=0', 0.6),
+      ('updater=rsam,rho_max=0.3,lam=8,seed=0', 0.9), ('updater=rsam,rho_max=0.3,lam=8,gamma=1,seed=0', 0.1))]
+  b = S.sweep(rows, 'rsam', 'rho_max', {'lam': 2}, 'val', defaults={'lam': 2})
+  assert [(p['rho_max'], p['mean']) for p in b] == [(0.1, pytest.approx(50.0)), (0.3, pytest.approx(60.0))]
+  c = S.sweep(rows, 'rsam', 'lam', {'rho_max': 0.3}, 'val', defaults={'lam': 2})
+  assert [(p['lam'], p['mean']) for p in c] == [(2.0, pytest.approx(60.0)), (8.0, pytest.approx(90.0))]
+
+
 def test_main_writes_json_and_png(tmp_path):
   runs = tmp_path / 'runs.jsonl'
   runs.write_text(''.join(json.dumps(r) + '\n' for r in ROWS))

@@ -1,5 +1,6 @@
 """configs/small_scale.py (issue #5): every updater's config validates, parses, and trains two steps."""
 import json
+import math
 import os
 
 import pytest
@@ -115,33 +116,74 @@ def test_paired_differences(tmp_path):
   rows = [('sam', 0, 0.90), ('rsam', 0, 0.92), ('sam', 1, 0.80), ('rsam', 1, 0.79), ('plain', 0, 0.5)]
   with open(tmp_path / 'runs.jsonl', 'w') as f:
     for u, s, a in rows:
-      f.write(json.dumps({'arg': f'updater={u},seed={s}', 'val': a, 'test': a}) + '\n')
+      f.write(json.dumps({'arg': f'updater={u},seed={s}', 'val': a, 'test': a, 'unused': 1.0 - a,
+                          'counts': {'val': 10, 'test': 10, 'unused': 30}}) + '\n')
   text = run_small_scale.paired_differences(str(tmp_path), 'test', pairs=(('rsam', 'sam'), ('sam', 'plain')))
-  assert '| rsam − sam | 0: +2.00, 1: -1.00 | +0.50 ± 2.12 | 1.50 | 1/2 |' in text
-  assert '| sam − plain | 0: +40.00 | +40.00 ± nan |' in text
+  # mean +0.50, sd 2.12, s.e.m. 1.50, t(0.975, 1) = 12.706: half-width 19.06; ±0.5 needs 72 seeds at sd 2.12
+  assert '| rsam − sam | 2 | +0.50 | 2.12 | 1.50 | [-18.56, +19.56] | 1/2 | 72 |' in text
+  assert '| sam − plain | 1 | +40.00 | nan |' in text
+  assert '| sam | 2 | 85.00 ± 5.00 | 7.07 |' in text
+  # pooled over two sets by their counts: sam seed 0 = (0.9·10 + 0.1·30) / 40 = 30%, rsam 0.29 -> −1.00
+  pooled = run_small_scale.read_accuracies(str(tmp_path), 'test+unused')
+  assert pooled[('updater=sam', 0)] == pytest.approx(30.0) and pooled[('updater=rsam', 0)] == pytest.approx(29.0)
 
 
-def test_driver_vmap_groups_seeds_into_one_program(tmp_path, monkeypatch):
-  from rsam.training import multi_seed
-  calls = []
+def test_power_from_tuning(tmp_path):
+  rows = [('updater=sam,rho=0.1', 0, 0.80), ('updater=sam,rho=0.1', 1, 0.84), ('updater=sam,rho=0.1', 2, 0.82),
+          ('updater=rsam,rho_max=0.3', 0, 0.81), ('updater=rsam,rho_max=0.3', 1, 0.86),
+          ('updater=rsam,rho_max=0.3', 2, 0.82), ('updater=sam,rho=0.2', 0, 0.7), ('updater=sam,rho=0.2', 1, 0.7)]
+  with open(tmp_path / 'runs.jsonl', 'w') as f:
+    for a, s, v in rows:
+      f.write(json.dumps({'arg': f'{a},seed={s}', 'val': v}) + '\n')
+  text = run_small_scale.power_from_tuning(
+      str(tmp_path), {'sam': 'updater=sam,rho=0.1', 'rsam': 'updater=rsam,rho_max=0.3'})
+  # differences 1, 2, 0 points: sd 1.00 (2 dof) -> 2 seeds... at sd 1 ±0.5 needs 18
+  assert 'over seeds [0, 1, 2] (2 degrees of freedom): 1.00 points -> n = 18' in text
+  # the two chosen configs: squares 8 + 14 over 2 + 2 dof -> √5.5 = 2.35, ×√2 = 3.32
+  assert 'over the two chosen configs (4 degrees of freedom): √2 × 2.35 = 3.32 points' in text
+  # every config: squares 8 + 14 + 0 over 2 + 2 + 1 dof -> √4.4 = 2.10, ×√2 = 2.97
+  assert 'over all 3 configs (5 degrees of freedom): √2 × 2.10 = 2.97 points' in text
+  from rsam.training import seed_stats
+  assert f'plan: sd 3.32, the larger of (1) and (2): a 95% interval of ±0.5 needs n = ' \
+         f'{seed_stats.seeds_needed(math.sqrt(11), 0.5)} paired seeds' in text
 
-  def fake_train_seeds(config, seeds, workdirs):  # the driver's bookkeeping, without the training
-    calls.append((config.updater.name, config.data.label_noise, list(seeds), config.total_steps))
-    return [{'config': dict(config.to_dict(), seed=s), 'eval': {'val': {'accuracy': s / 10},
-                                                                'test': {'accuracy': s / 100}}} for s in seeds]
 
-  monkeypatch.setattr(multi_seed, 'train_seeds', fake_train_seeds)
-  assert run_small_scale.seed_groups(['updater=sam,seed=1', 'updater=plain,seed=1', 'updater=sam,seed=2']) == {
-      'updater=sam': [(1, 'updater=sam,seed=1'), (2, 'updater=sam,seed=2')],
-      'updater=plain': [(1, 'updater=plain,seed=1')]}
-  argv = ['--phase', 'custom', '--runs', 'updater=plain,data=clean', 'updater=sam', '--seeds', '1', '2',
-          '--vmap', '--total_steps', '3', '--workroot', str(tmp_path / 'work'), '--out', str(tmp_path / 'out')]
-  run_small_scale.main(argv)
-  assert calls == [('plain', 0.0, [1, 2], 3), ('sam', 0.3, [1, 2], 3)]
-  with open(tmp_path / 'out' / 'custom' / 'runs.jsonl') as f:
-    lines = [json.loads(line) for line in f]
-  assert [(d['name'], d['val']) for d in lines] == [
-      ('plain_dataclean_seed1', 0.1), ('plain_dataclean_seed2', 0.2), ('sam_seed1', 0.1), ('sam_seed2', 0.2)]
-  os.remove(tmp_path / 'out' / 'custom' / 'sam_seed2' / 'results.json')
-  run_small_scale.main(argv)  # only the missing seed is trained again
-  assert calls[2:] == [('sam', 0.3, [2], 3)]
+def test_vit_family_follows_the_official_recipe_structure():
+  from configs import small_scale_vit as V
+  for updater in V.UPDATERS:
+    c = V.get_config(f'updater={updater},seed=4')
+    config_check.validate(c)
+    assert (c.optimizer.name, c.optimizer.weight_decay, c.optimizer.decay_kernels_only) == ('adamw', 0.3, False)
+    assert (c.loss, c.model.overrides.head_bias_init, c.model.overrides.pool) == ('sigmoid_xent', -2.2, 'token')
+    assert c.schedule.name == 'linear' and c.schedule.warmup_steps == 110
+    assert config_check.total_steps(c) == 1000 and c.eval_sets == ('val', 'test', 'train_unused')
+  rsam = V.get_config('updater=rsam,rho_max=0.5')
+  assert (rsam.updater.rho_schedule, rsam.updater.rho_max, rsam.updater.rho_min) == ('lr_tied', 0.5, pytest.approx(0.3))
+  assert (rsam.updater.rho_warmup_steps, rsam.updater.lam, rsam.updater.gamma, rsam.updater.gamma_growth) == (
+      110, 2.0, 5e-4, 5.0)
+  gsam = V.get_config('updater=rgsam,rho_max=0.3')
+  assert (gsam.updater.rho_min, gsam.updater.alpha) == (pytest.approx(0.1), 0.4)
+  assert V.get_config('updater=sam,rho=0.07').updater.rho == 0.07
+  for bad in ('updater=sam,rho_max=0.1', 'updater=rsam,rho=0.1', 'updater=plain', 'updater=sam,data=clean'):
+    with pytest.raises(ValueError):
+      V.get_config(bad)
+  tune = run_small_scale.phase_runs('tune', (), None, family='vit')
+  final = run_small_scale.phase_runs('final', (), None, family='vit')
+  assert not set(run_small_scale.FAMILIES['vit']['final_seeds']) & set(run_small_scale.FAMILIES['vit']['tune_seeds'])
+  for arg in tune + final:
+    config_check.validate(V.get_config(arg))
+
+
+def test_digits_train_unused_is_the_rest_of_the_train_split_with_true_labels():
+  import numpy as np
+  from data import sources
+  c = small_scale.get_config('updater=sam')
+  spec = sources.resolve(c.data)
+  x, y = sources.digits_split(spec, 'train_unused')
+  clean = sources.resolve(small_scale.get_config('updater=sam,data=clean').data)
+  x_all, y_all = sources.digits_split(clean, 'train')
+  assert len(y) == 1077 - 320
+  np.testing.assert_array_equal(x, x_all[320:])
+  np.testing.assert_array_equal(y, y_all[320:])
+  with pytest.raises(sources.DataError, match='train_unused'):
+    sources.digits_split(clean, 'train_unused')

@@ -454,3 +454,14 @@ def test_multi_seed_training_matches_the_separate_run(runs, tmp_path):
   assert all('noise_grad_ratio' in r for r in out[0]['train_log'])
   with open(tmp_path / 's0' / 'results.json') as f:
     assert json.load(f)['eval'] == out[1]['eval']
+
+
+def test_multi_seed_prefetch_keeps_order_and_raises_the_producers_error():
+  from rsam.training import multi_seed
+  counter = iter(range(100))
+  assert list(multi_seed._prefetched(lambda: next(counter), 20, depth=3)) == list(range(20))
+
+  def failing():
+    raise ValueError('pipeline broke')
+  with pytest.raises(ValueError, match='pipeline broke'):
+    list(multi_seed._prefetched(failing, 5))

@@ -45,6 +45,29 @@ def unstack(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+def _prefetched(make_batch: Callable[[], dict], count: int, depth: int = 8):
+  """Yields ``make_batch()`` ``count`` times, made ahead in a background thread: the S input pipelines
+  (one tf.data pipeline per seed) then run while the step computes instead of between steps. One
+  producer, so the order is the order of the calls."""
+  import queue
+  import threading
+  buffer: queue.Queue = queue.Queue(maxsize=depth)
+
+  def produce():
+    try:
+      for _ in range(count):
+        buffer.put((True, make_batch()))
+    except BaseException as e:  # handed to the consumer, raised there
+      buffer.put((False, e))
+
+  threading.Thread(target=produce, daemon=True).start()
+  for _ in range(count):
+    ok, item = buffer.get()
+    if not ok:
+      raise item
+    yield item
+
+
 def train_seeds(config, seeds: Sequence[int], workdirs: Optional[Sequence[str]] = None,
                 on_log: Optional[Callable[[int, dict], None]] = None) -> List[dict]:
   """Trains ``config`` once per seed in ``seeds``, all in one vmapped program; returns one results dict
@@ -79,11 +102,12 @@ def train_seeds(config, seeds: Sequence[int], workdirs: Optional[Sequence[str]] 
                     out_shardings=(replicated, replicated), donate_argnums=(1,))
   iterators = [data.make_train_iterator(config.data, global_batch_size=config.batch_size, seed=s)
                for s in seeds]
+  batches = _prefetched(lambda: stack([next(it) for it in iterators]), run.total_steps)
   logs: List[List[dict]] = [[] for _ in seeds]
   skipped: List[List[int]] = [[] for _ in seeds]
   window, window_steps = None, 0
   for step in range(1, run.total_steps + 1):
-    batch = jax.device_put(stack([next(it) for it in iterators]), batch_sharding)
+    batch = jax.device_put(next(batches), batch_sharding)
     state, metrics = step_fn(roots, state, batch)
     window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
     window_steps += 1
