@@ -318,6 +318,9 @@ def main(argv=None):
     config = config_module.get_config(arg)
     if args.total_steps:
       config.total_steps = args.total_steps
+      config.schedule.warmup_steps = min(config.schedule.warmup_steps, args.total_steps - 1)
+      if 'rho_warmup_steps' in config.updater:
+        config.updater.rho_warmup_steps = min(config.updater.rho_warmup_steps, args.total_steps - 1)
     if args.log_every_steps:
       config.log_every_steps = args.log_every_steps
     return config

@@ -187,3 +187,22 @@ def test_digits_train_unused_is_the_rest_of_the_train_split_with_true_labels():
   np.testing.assert_array_equal(y, y_all[320:])
   with pytest.raises(sources.DataError, match='train_unused'):
     sources.digits_split(clean, 'train_unused')
+
+
+def test_vit_driver_trains_seeds_together_and_pools_the_test_sets(tmp_path):
+  """The real path of the mini Table 3: --family vit --vmap, two seeds in one program for two steps, then
+  --paired over test + train_unused from the lines it wrote (their counts)."""
+  argv = ['--family', 'vit', '--phase', 'custom', '--runs', 'updater=sam', 'updater=rsam', '--seeds', '1', '2',
+          '--vmap', '--seeds_per_program', '2', '--total_steps', '2', '--workroot', str(tmp_path / 'work'),
+          '--out', str(tmp_path / 'out')]
+  run_small_scale.main(argv)
+  with open(tmp_path / 'out' / 'vit' / 'custom' / 'runs.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  assert [d['name'] for d in lines] == ['sam_seed1', 'sam_seed2', 'rsam_seed1', 'rsam_seed2']
+  assert lines[0]['counts'] == {'val': 360, 'test': 360, 'train_unused': 757}
+  with open(tmp_path / 'out' / 'vit' / 'custom' / 'rsam_seed1' / 'results.json') as f:
+    results = json.load(f)
+  assert results['config']['model']['overrides']['head_bias_init'] == -2.2
+  assert 'noise_grad_ratio' in results['train_log'][-1]  # the ascent composition, per seed
+  text = run_small_scale.paired_differences(str(tmp_path / 'out' / 'vit' / 'custom'), 'test+train_unused')
+  assert '| rsam − sam | 2 |' in text
