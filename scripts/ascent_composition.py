@@ -106,7 +106,8 @@ def cmd_seeds(args) -> dict:
           'over_seeds': agg, 'summary': AP.summarize_composition(records),
           'eval': [r['eval'] for r in results], 'wall_time_s': round(time.time() - t0, 1)}
   _write(args.out, info)
-  plot_seeds(args.out, agg, f"{results[0]['config']['updater']['name']} on configs/small_scale.py, seeds "
+  c = results[0]['config']
+  plot_seeds(args.out, agg, f"{c['updater']['name']} on {c['model']['name']} ({c['data']['name']}), seeds "
              f"{', '.join(str(x) for x in info['seeds'])}")
   return info
 
@@ -182,7 +183,9 @@ def plot(out: str, infos) -> None:
   paths.write_bytes(paths.path(out) / 'composition.png', buf.getvalue())
 
 
-def report(outs) -> str:
+def report(outs, steps=()) -> str:
+  """Markdown: each output's pooled summary; for 'seeds' outputs also one row per step in ``steps`` (mean ±
+  s.e.m. over seeds of that logged window)."""
   lines = []
   for out in outs:
     info = paths.read_json(paths.path(out) / 'summary.json')
@@ -191,8 +194,9 @@ def report(outs) -> str:
       head = (f"{info['config']}: {info['model']} batch {info['batch_size']} m {info['m']} λ {info['lam']} "
               f"{info['compute_dtype']}, {info['steps']} steps at init")
     elif info['mode'] == 'seeds':
-      head = (f"configs/small_scale.py {info['config']['updater']['name']} seeds {info['seeds']}: every logged "
-              f"window (of {info['log_every_steps']} steps) of every seed pooled")
+      c = info['config']
+      head = (f"{c['updater']['name']} on {c['model']['name']} ({c['data']['name']}) seeds {info['seeds']}: every "
+              f"logged window (of {info['log_every_steps']} steps) of every seed pooled")
     else:
       head = f"{info['config']}: training, logged every {info['log_every_steps']} steps"
     lines += [f'### {out}', '', head, '', '| quantity | mean ± s.e.m. | min | max | n |', '|---|---|---|---|---|']
@@ -201,6 +205,16 @@ def report(outs) -> str:
         v = s[key]
         lines.append(f"| {label} | {v['mean']:.4g} ± {v['sem']:.2g} | {v['min']:.4g} | {v['max']:.4g} | {v['n']} |")
     lines.append('')
+    agg = info.get('over_seeds')
+    if agg and steps:
+      keys = [(k, label) for k, label in ROWS if k in agg]
+      lines += ['| step | ' + ' | '.join(label for _, label in keys) + ' |', '|---|' + '---|' * len(keys)]
+      for step in steps:
+        if step in agg['steps']:
+          i = agg['steps'].index(step)
+          lines.append(f'| {step} | ' + ' | '.join(
+              f"{agg[k]['mean'][i]:.3g} ± {agg[k]['sem'][i]:.1g}" for k, _ in keys) + ' |')
+      lines.append('')
   return '\n'.join(lines)
 
 
@@ -223,9 +237,10 @@ def main(argv=None):
   p.add_argument('--out', required=True)
   p = sub.add_parser('report')
   p.add_argument('outs', nargs='+')
+  p.add_argument('--steps', type=int, nargs='*', default=(), help="'seeds' outputs: a row per logged step")
   args = parser.parse_args(argv)
   if args.cmd == 'report':
-    print(report(args.outs))
+    print(report(args.outs, args.steps))
     return
   info = {'init': cmd_init, 'train': cmd_train, 'seeds': cmd_seeds}[args.cmd](args)
   print(report([args.out]))

@@ -112,7 +112,9 @@ def test_ascent_composition_seeds_command(tmp_path):
     folder = tmp_path / f'rsam_seed{seed}'
     folder.mkdir()
     (folder / 'results.json').write_text(json.dumps({'config': {'seed': seed, 'log_every_steps': 10,
-                                                                 'updater': {'name': 'rsam'}},
+                                                                 'updater': {'name': 'rsam'},
+                                                                 'model': {'name': 'vit_tiny'},
+                                                                 'data': {'name': 'digits'}},
                                                      'eval': {'test': {'accuracy': 0.9}}, 'train_log': log}))
     folders.append(str(folder))
   ascent_composition.main(['seeds', '--results', *folders, '--out', str(tmp_path / 'out')])
@@ -122,3 +124,5 @@ def test_ascent_composition_seeds_command(tmp_path):
   assert info['summary']['noise_grad_ratio']['n'] == 4
   assert (tmp_path / 'out' / 'composition.png').stat().st_size > 0
   assert '| ‖δ0‖/‖λĝ‖ | 1 ± 0.29 |' in ascent_composition.report([str(tmp_path / 'out')])
+  rows = ascent_composition.report([str(tmp_path / 'out')], steps=[20, 30])  # 30 was not logged: no row
+  assert '| 20 | 1 ± 0.5 | 1 ± 0 | 1 ± 0.5 |' in rows and '| 30 |' not in rows
