@@ -222,14 +222,17 @@ def power_from_tuning(out_dir: str, chosen: dict, eval_set: str = 'val', pair=('
   def need(sd):
     return seed_stats.seeds_needed(sd, half_width) if sd == sd else 'n/a'
 
-  lines.append(f'- (1) paired sd at the chosen configs over seeds {seeds} ({len(seeds) - 1} degrees of freedom): '
+  def dofs(n):
+    return f"{n} degree{'' if n == 1 else 's'} of freedom"
+
+  lines.append(f'- (1) paired sd at the chosen configs over seeds {seeds} ({dofs(len(seeds) - 1)}): '
                f'{direct:.2f} points -> n = {need(direct)}')
   estimates = [direct]
   for label, members in (('the two chosen configs', [a, b]), (f'all {len(groups)} configs', groups.values())):
     pooled = seed_stats.pooled_sd(list(g.values()) for g in members)
     dof = sum(len(g) - 1 for g in members if len(g) > 1)
     sd = math.sqrt(2) * pooled if pooled is not None else float('nan')
-    lines.append(f'- ({len(lines)}) √2 × seed sd pooled over {label} ({dof} degrees of freedom): '
+    lines.append(f'- ({len(lines)}) √2 × seed sd pooled over {label} ({dofs(dof)}): '
                  f'√2 × {pooled:.2f} = {sd:.2f} points -> n = {need(sd)}')
     estimates.append(sd)
   plan = max(x for x in estimates[:2] if x == x)
