@@ -954,14 +954,19 @@ class _Process:
         return 0
     return None
 
-  def until_step(self, step, sig, delay):
-    """Sends ``sig`` ``delay`` s after the process reports step ``step``; then waits for it to end."""
+  def until_step(self, step, sig):
+    """Sends ``sig`` as soon as the process reports step ``step``; then waits for it to end. The process is
+    frozen (SIGSTOP) the moment its line is read, so the signal lands where it then is -- in the next step
+    or in step ``step``'s checkpoint save -- and never a step or two later, as a sleep before the signal let
+    it on a fast machine (a chain that ran out of steps before its last kill)."""
     signalled = None
     for line in self.proc.stdout:
       self.stdout_lines.append(line.rstrip())
       if signalled is None and line.startswith(f'step {step}/'):
-        time.sleep(delay)
+        self.proc.send_signal(signal.SIGSTOP)
         self.proc.send_signal(sig)
+        if sig != signal.SIGKILL:  # SIGTERM/SIGINT are handled once it runs again
+          self.proc.send_signal(signal.SIGCONT)
         signalled = step
     return self.wait(), signalled
 
@@ -982,9 +987,10 @@ class _Process:
 
 
 def _run_kill_chain(cache_dir, reference, base):
-  """One workdir, one command: SIGTERM at a random step, then kill -9 at three random later steps (a random
-  delay after the step's log line, so kills land in steps and in checkpoint saves alike), then a run to the
-  end. The config checkpoints every step and keeps 3."""
+  """One workdir, one command: SIGTERM at a random step, SIGINT, then kill -9 three times, each one step
+  after where the process resumed (frozen the moment it reports that step, so a kill lands in the next
+  step or in the reported step's checkpoint save, wherever the process then is), then a run to the end.
+  The config checkpoints every step and keeps 3."""
   del reference
   rng = random.Random(SEED)
   config_file = base / 'chain_config.py'
@@ -1000,9 +1006,10 @@ def _run_kill_chain(cache_dir, reference, base):
     event = {'signal': sig and sig.name, 'started_at_step': start, 'tmp_dirs_at_start': interrupted_saves}
     if sig is None:
       event['rc'] = proc.wait()
-    else:  # SIGTERM at step 2-3; SIGINT and each kill 1-2 steps after the step the process resumed from
-      target = rng.randint(2, 3) if sig == signal.SIGTERM else min(start + rng.randint(1, 2), TOTAL_STEPS - 1)
-      event['rc'], event['signal_after_step'] = proc.until_step(target, sig, rng.uniform(0, 0.15))
+    else:  # SIGTERM at step 2-3; SIGINT and each kill 1 step after the step the process resumed from, so
+      # the chain always has steps left for its last kill (it lands by step 9 of 12 at the latest)
+      target = rng.randint(2, 3) if sig == signal.SIGTERM else start + 1
+      event['rc'], event['signal_after_step'] = proc.until_step(target, sig)
     event.update(checkpoints_after=_steps(workdir), seconds=proc.seconds, cpu_s=proc.cpu_s,
                  stderr=[line for line in proc.stderr.splitlines()
                          if ' at step ' in line or line.startswith('error') or 'Traceback' in line])
