@@ -214,7 +214,11 @@ def power_from_tuning(out_dir: str, chosen: dict, eval_set: str = 'val', pair=('
   groups = {}
   for (rest, seed), v in acc.items():
     groups.setdefault(rest, {})[seed] = v
-  a, b = (groups.get(chosen[u], {}) for u in pair)
+  missing = [chosen[u] for u in pair if len(groups.get(chosen[u], {})) < 2]
+  if missing:
+    raise ValueError(f"{out_dir} has fewer than 2 seeds of {', '.join(missing)}; name configs of its "
+                     f"runs.jsonl, e.g. {next(iter(groups), 'updater=sam,rho=0.1')}")
+  a, b = (groups[chosen[u]] for u in pair)
   seeds = sorted(set(a) & set(b))
   direct = seed_stats.std([a[s] - b[s] for s in seeds])
   lines = [f'Power calculation for {pair[0]} − {pair[1]} on {eval_set} from the tuning seeds ({out_dir}):']
@@ -275,9 +279,14 @@ def main(argv=None):
     print(paired_differences(phase_dir, args.paired))
     return
   if args.power:
+    if not all('=updater=' in item for item in args.power):
+      parser.error(f'--power {" ".join(args.power)}: write each as UPDATER=ARG, e.g. sam=updater=sam,rho=0.01')
     chosen = dict(item.split('=', 1) for item in args.power)
     a, b = list(chosen)
-    print(power_from_tuning(phase_dir, chosen, args.power_eval_set, pair=(a, b)))
+    try:
+      print(power_from_tuning(phase_dir, chosen, args.power_eval_set, pair=(a, b)))
+    except ValueError as e:
+      parser.error(f'--power: {e}')
     return
 
   family = FAMILIES[args.family]

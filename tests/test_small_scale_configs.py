@@ -143,6 +143,8 @@ def test_power_from_tuning(tmp_path):
   assert 'over the two chosen configs (4 degrees of freedom): √2 × 2.35 = 3.32 points' in text
   # every config: squares 8 + 14 + 0 over 2 + 2 + 1 dof -> √4.4 = 2.10, ×√2 = 2.97
   assert 'over all 3 configs (5 degrees of freedom): √2 × 2.10 = 2.97 points' in text
+  with pytest.raises(ValueError, match='fewer than 2 seeds of updater=sam,rho=0.5'):
+    run_small_scale.power_from_tuning(str(tmp_path), {'sam': 'updater=sam,rho=0.5', 'rsam': 'updater=rsam,rho_max=0.3'})
   from rsam.training import seed_stats
   assert f'plan: sd 3.32, the larger of (1) and (2): a 95% interval of ±0.5 needs n = ' \
          f'{seed_stats.seeds_needed(math.sqrt(11), 0.5)} paired seeds' in text
