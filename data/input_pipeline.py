@@ -9,7 +9,8 @@ of a run started at 0:
   (n // process_count, `drop_remainder` slices), so every epoch has
   steps = (n // process_count) // local_batch steps and ends on a batch boundary. The start
   step becomes (epoch, step in epoch) by arithmetic; earlier epochs are never read.
-- Every epoch is a fresh tf.data pipeline: the examples of this process's slice, in a fixed
+- Every epoch is built afresh from its number (in-memory data: many epochs share one pipeline
+  through `flat_map`, which gives the same batches): the examples of this process's slice, in a fixed
   read order (cifar: cached in memory; imagenet: file order shuffled with a seed of
   (seed, epoch)), numbered with `enumerate`, shuffled with `shuffle(seed=f(seed, epoch))`, cut
   to the epoch length, skipped to the start step, and only THEN decoded and augmented (images
@@ -245,7 +246,13 @@ class _TrainReader:
     if spec.cache:
       self._cached = ds.map(_select).enumerate().cache()
 
-  def epoch(self, seed: int, epoch: int) -> tf.data.Dataset:
+  @property
+  def in_memory(self) -> bool:
+    """The same examples in the same read order every epoch (then many epochs share a pipeline)."""
+    return self._cached is not None
+
+  def examples(self, seed: int, epoch: int) -> tf.data.Dataset:
+    """(index, example) of ``epoch``; in memory, of every epoch."""
     if self._cached is not None:
       return self._cached
     file_seed = int(_seed_ints(seed, epoch, 0xF11E)[0])
@@ -284,32 +291,66 @@ def make_train_iterator(data_config, *, global_batch_size: int, seed: int, start
 
 
 def _train_batches(spec, reader, *, seed, local_batch, steps, buffer, start_epoch, skip):
-  epoch = start_epoch
+  """Batches from ``start_epoch``'s step ``skip`` on, one tf.data pipeline per block of epochs.
+
+  A block is ``_EPOCHS_PER_PIPELINE`` epochs when the examples are in memory (digits, cached cifar),
+  else one epoch (its file order needs a Python-side seed). Inside a block every epoch is built by
+  ``flat_map`` from the epoch number, so the augmentation is traced and the iterator made once per
+  block, not once per epoch (the per-epoch cost dominated small-data runs); the batches are those of
+  the module docstring either way."""
+  epoch, first = start_epoch, True
   while True:
-    key = _epoch_key(seed, epoch)
-
-    def preprocess(index, example, key=key):
-      image = _train_image(spec, example['image'],
-                           tf.random.experimental.stateless_fold_in(key, index))
-      return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
-
-    ds = reader.epoch(seed, epoch)
-    ds = ds.shuffle(buffer, seed=_epoch_shuffle_seed(seed, epoch),
-                    reshuffle_each_iteration=False)
-    ds = ds.take(steps * local_batch).skip(skip * local_batch)
-    ds = ds.map(preprocess, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
-    count = 0
+    count = _EPOCHS_PER_PIPELINE if reader.in_memory else 1
+    ds = _block(spec, reader, seed=seed, local_batch=local_batch, steps=steps, buffer=buffer,
+                first_epoch=epoch, count=count, skip=skip)
+    made = 0
     for batch in ds.as_numpy_iterator():
-      count += 1
+      expected = epoch + (skip + made) // steps
+      epochs = batch.pop('epoch')
+      if epochs[0] != expected or epochs[-1] != expected:  # an epoch came up short and ran into the next
+        break
+      made += 1
       yield batch
-    if count != steps - skip:
+    done = skip + made
+    if done != count * steps:
+      short = epoch + done // steps
       raise DataError(
-          f"{spec.name}: epoch {epoch} gave {skip + count} of {steps} batches, so this process "
+          f"{spec.name}: epoch {short} gave {done % steps} of {steps} batches, so this process "
           f"has fewer training examples than num_train_examples says; set "
           f"data.num_train_examples to the real size")
-    epoch += 1
-    skip = 0
+    epoch += count
+    skip, first = 0, False
+
+
+_EPOCHS_PER_PIPELINE = 64
+
+
+def _block(spec, reader, *, seed, local_batch, steps, buffer, first_epoch, count, skip):
+  """Epochs first_epoch .. first_epoch+count-1 as one dataset of batches, each carrying its 'epoch'.
+  Epoch e: the examples shuffled with seed _epoch_shuffle_seed(seed, e), cut to ``steps`` batches
+  (the first epoch skips ``skip`` of them), each example augmented with the key
+  fold_in(_epoch_key(seed, e), its index)."""
+  shuffle_seeds = tf.constant([_epoch_shuffle_seed(seed, e) for e in range(first_epoch, first_epoch + count)],
+                              tf.int64)
+  root = tf.constant(_seed_ints(seed, 0x5EED), tf.int64)
+  source = reader.examples(seed, first_epoch)
+
+  def one_epoch(e):
+    ds = source.shuffle(buffer, seed=tf.gather(shuffle_seeds, e - first_epoch),
+                        reshuffle_each_iteration=False)
+    ds = ds.take(steps * local_batch)
+    ds = ds.skip(tf.where(e == first_epoch, tf.constant(skip * local_batch, tf.int64), 0))
+    return ds.map(lambda index, example: (e, index, example))
+
+  def preprocess(e, index, example):
+    # == _epoch_key(seed, e) for the Python int e, which TF folds in as int32
+    key = tf.random.experimental.stateless_fold_in(root, tf.cast(e, tf.int32))
+    image = _train_image(spec, example['image'], tf.random.experimental.stateless_fold_in(key, index))
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'epoch': e}
+
+  ds = tf.data.Dataset.range(first_epoch, first_epoch + count).flat_map(one_epoch)
+  ds = ds.map(preprocess, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(2)
 
 
 # ---------------------------------------------------------------------------------------------

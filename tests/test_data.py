@@ -279,6 +279,32 @@ def test_resume_digits_bit_identical_and_seeds_differ():
   assert not np.array_equal(fresh[0]['label'], fresh[steps]['label'])
 
 
+def test_epochs_sharing_one_pipeline_give_the_per_epoch_pipelines_batches(monkeypatch):
+  """In-memory data runs many epochs through one tf.data pipeline (data/input_pipeline.py, _block);
+  the batches must be those of one pipeline per epoch, across block boundaries and from a resume
+  inside a block."""
+  from data import input_pipeline
+  cfg = _cfg(name='digits', train_subset=320, label_noise=0.3)  # 5 steps per epoch at batch 64
+
+  def batches(epochs_per_pipeline, start_step, n):
+    monkeypatch.setattr(input_pipeline, '_EPOCHS_PER_PIPELINE', epochs_per_pipeline)
+    return _take(data.make_train_iterator(cfg, global_batch_size=64, seed=3, start_step=start_step), n)
+
+  per_epoch = batches(1, 0, 40)
+  _assert_same_batches(per_epoch, batches(3, 0, 40))          # blocks end at steps 15, 30
+  _assert_same_batches(per_epoch[17:], batches(3, 17, 23))    # resume inside the second block
+  _assert_same_batches(per_epoch, batches(64, 0, 40))
+  assert 'epoch' not in per_epoch[0]
+
+
+def test_an_epoch_short_of_num_train_examples_is_a_one_line_error():
+  with tfds.testing.mock_data(num_examples=48):
+    cfg = _cfg(name='cifar10', num_train_examples=64)  # says 4 steps per epoch at batch 16; there are 3
+    it = data.make_train_iterator(cfg, global_batch_size=16, seed=0)
+    with pytest.raises(sources.DataError, match=r'epoch 0 gave 3 of 4 batches.*num_train_examples'):
+      _take(it, 4)
+
+
 def _example_keys(batches):
   return collections.Counter(
       (np.round(img, 3).tobytes(), int(lab))
