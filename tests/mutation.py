@@ -338,6 +338,15 @@ MUTATIONS = (
     M('digits-unused-overlaps-train', 'data/sources.py', "idx = splits['train'][spec.train_subset:]",
       "idx = splits['train'][spec.train_subset - 1:]",
       tests=('tests/test_small_scale_configs.py', '-k', 'unused'), note='train_unused holds a trained image'),
+    # many in-memory epochs in one tf.data pipeline (data/input_pipeline.py, _block)
+    M('block-skips-every-epoch', 'data/input_pipeline.py',
+      'ds = ds.skip(tf.where(e == first_epoch, tf.constant(skip * local_batch, tf.int64), 0))',
+      'ds = ds.skip(skip * local_batch)', tests=('tests/test_data.py', '-k', 'sharing_one_pipeline'),
+      note='a resume inside a block skips the start of every epoch of the block'),
+    M('block-epoch-key-int64', 'data/input_pipeline.py',
+      'key = tf.random.experimental.stateless_fold_in(root, tf.cast(e, tf.int32))',
+      'key = tf.random.experimental.stateless_fold_in(root, e)', tests=('tests/test_data.py', '-k', 'sharing_one_pipeline'),
+      note="the epoch folded in as int64: other augmentation draws than a per-epoch pipeline's"),
 )
 
 # The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one
