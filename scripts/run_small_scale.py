@@ -262,8 +262,8 @@ def main(argv=None):
                       'are logged as means over windows of this many steps)')
   parser.add_argument('--vmap', action='store_true', help='train the seeds of each config in one program')
   parser.add_argument('--seeds_per_program', type=int, default=None,
-                      help='with --vmap: at most this many seeds per program (one tf.data pipeline per seed; '
-                      'on 2 CPU cores 32 pipelines at once ran 7x slower per seed than 8)')
+                      help='with --vmap: at most this many seeds per program (a program holds every seed\'s '
+                      'state and batch; the ViT runs used 16)')
   parser.add_argument('--dry_run', action='store_true', help='list the runs and exit')
   parser.add_argument('--total_steps', type=int, default=None, help='smoke tests only: cap every run')
   parser.add_argument('--paired', metavar='EVAL_SET', default=None,
