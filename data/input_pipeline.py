@@ -298,7 +298,7 @@ def _train_batches(spec, reader, *, seed, local_batch, steps, buffer, start_epoc
   ``flat_map`` from the epoch number, so the augmentation is traced and the iterator made once per
   block, not once per epoch (the per-epoch cost dominated small-data runs); the batches are those of
   the module docstring either way."""
-  epoch, first = start_epoch, True
+  epoch = start_epoch
   while True:
     count = _EPOCHS_PER_PIPELINE if reader.in_memory else 1
     ds = _block(spec, reader, seed=seed, local_batch=local_batch, steps=steps, buffer=buffer,
@@ -319,7 +319,7 @@ def _train_batches(spec, reader, *, seed, local_batch, steps, buffer, start_epoc
           f"has fewer training examples than num_train_examples says; set "
           f"data.num_train_examples to the real size")
     epoch += count
-    skip, first = 0, False
+    skip = 0
 
 
 # Large enough that an in-memory run (digits, CIFAR: a few hundred epochs) never changes pipeline: retiring a
