@@ -347,6 +347,10 @@ MUTATIONS = (
       'key = tf.random.experimental.stateless_fold_in(root, tf.cast(e, tf.int32))',
       'key = tf.random.experimental.stateless_fold_in(root, e)', tests=('tests/test_data.py', '-k', 'sharing_one_pipeline'),
       note="the epoch folded in as int64: other augmentation draws than a per-epoch pipeline's"),
+    M('block-short-epoch-unnoticed', 'data/input_pipeline.py',
+      'if epochs[0] != expected or epochs[-1] != expected:', 'if False:',
+      tests=('tests/test_data.py', '-k', 'short_of_num_train_examples'),
+      note='an epoch short of num_train_examples runs on into the next epoch'),
 )
 
 # The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one
