@@ -931,48 +931,79 @@ def _start_background(request, cache_dir, reference, tmp_path_factory):
   pool.shutdown(wait=False)
 
 
-class _Process:
-  """train.py in a subprocess; ``until_step`` reads its stdout until 'step k/' and sends a signal."""
+# The signaller: a process of its own that reads train.py's stdout, passes each line on, and sends the signal
+# the moment the target step's line arrives. In a thread of the pytest worker it was not: a test running
+# in-process training there holds the GIL for seconds at a time, the thread read the line late, and the
+# run went on meanwhile (a CI chain ran to the end before its kills). argv: pid, signal name or '-', the
+# step (N) or steps after the one the run resumed from (+N).
+_SIGNALLER = r'''
+import os, signal, sys
+pid, sig, target = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+resumed, step, signalled, past = 0, None, None, 0
+for line in sys.stdin:
+  sys.stdout.write(line)
+  sys.stdout.flush()
+  if line.startswith('resumed from step '):
+    resumed = int(line.split()[3])
+  if not line.startswith('step ') or sig == '-':
+    continue
+  step = int(line.split()[1].split('/')[0])
+  if signalled is not None:
+    past += 1
+  elif step == (resumed + int(target[1:]) if target.startswith('+') else int(target)):
+    os.kill(pid, signal.SIGSTOP)  # frozen where it is: in the next step or in this step's save
+    os.kill(pid, getattr(signal, sig))
+    if sig != 'SIGKILL':  # SIGTERM/SIGINT are handled once it runs again
+      os.kill(pid, signal.SIGCONT)
+    signalled = step
+print(f'@signaller {signalled} {past}', flush=True)
+'''
 
-  def __init__(self, args, cache_dir, log_dir, name, timeout=300):
+
+class _Process:
+  """train.py in a subprocess, its stdout read through _SIGNALLER, which sends ``signal_at`` = (signal, step
+  or '+N') when the run reports that step."""
+
+  def __init__(self, args, cache_dir, log_dir, name, signal_at=None, timeout=300):
     self.stderr_path = os.path.join(log_dir, f'{name}.stderr')
     self.stdout_lines = []
+    self.signalled = self.lines_past_signal = None
     self.start = time.time()
+    sig, target = signal_at or (None, '0')
     with open(self.stderr_path, 'w') as err:
       self.proc = subprocess.Popen([sys.executable, 'train.py'] + args, cwd=ROOT, env=_env(cache_dir),
-                                   stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+                                   stdout=subprocess.PIPE, stderr=err)
+      self.signaller = subprocess.Popen(
+          [sys.executable, '-c', _SIGNALLER, str(self.proc.pid), sig.name if sig else '-', str(target)],
+          stdin=self.proc.stdout, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+    self.proc.stdout.close()  # the signaller's now: train.py sees a closed pipe only if the signaller dies
     self.watchdog = threading.Timer(timeout, self.proc.kill)
     self.watchdog.start()
 
+  def _lines(self):
+    for line in self.signaller.stdout:
+      if line.startswith('@signaller '):
+        signalled, past = line.split()[1:]
+        self.signalled = None if signalled == 'None' else int(signalled)
+        self.lines_past_signal = int(past)
+        continue
+      self.stdout_lines.append(line.rstrip())
+      yield line
+
   def resumed_from(self):
     """Reads stdout up to the line saying where the run starts: the step it resumed from (0: fresh)."""
-    for line in self.proc.stdout:
-      self.stdout_lines.append(line.rstrip())
+    for line in self._lines():
       if line.startswith('resumed from step '):
         return int(line.split()[3])
       if line.startswith('training '):
         return 0
     return None
 
-  def until_step(self, step, sig):
-    """Sends ``sig`` as soon as the process reports step ``step``; then waits for it to end. The process is
-    frozen (SIGSTOP) the moment its line is read, so the signal lands where it then is -- in the next step
-    or in step ``step``'s checkpoint save -- and never a step or two later, as a sleep before the signal let
-    it on a fast machine (a chain that ran out of steps before its last kill)."""
-    signalled = None
-    for line in self.proc.stdout:
-      self.stdout_lines.append(line.rstrip())
-      if signalled is None and line.startswith(f'step {step}/'):
-        self.proc.send_signal(signal.SIGSTOP)
-        self.proc.send_signal(sig)
-        if sig != signal.SIGKILL:  # SIGTERM/SIGINT are handled once it runs again
-          self.proc.send_signal(signal.SIGCONT)
-        signalled = step
-    return self.wait(), signalled
-
   def wait(self):
-    for line in self.proc.stdout:
-      self.stdout_lines.append(line.rstrip())
+    """Reads stdout to the end and reaps train.py: its exit code (-9: killed)."""
+    for _ in self._lines():
+      pass
+    self.signaller.wait()
     _, status, usage = os.wait4(self.proc.pid, 0)
     self.proc.returncode = os.waitstatus_to_exitcode(status)
     self.watchdog.cancel()
@@ -1000,16 +1031,17 @@ def _run_kill_chain(cache_dir, reference, base):
   events = []
   for i, sig in enumerate([signal.SIGTERM, signal.SIGINT] + [signal.SIGKILL] * 3 + [None]):
     interrupted_saves = len(glob.glob(str(workdir / 'checkpoints' / '*tmp*')))
-    proc = _Process(args, cache_dir, str(base), f'p{i}')
+    # SIGTERM at step 2-3; SIGINT and each kill 1 step after the step the process resumed from, so the
+    # chain always has steps left for its last kill (it lands by step 9 of 12 at the latest)
+    target = rng.randint(2, 3) if sig == signal.SIGTERM else '+1'
+    proc = _Process(args, cache_dir, str(base), f'p{i}', signal_at=sig and (sig, target))
     start = proc.resumed_from()
     assert start is not None, proc.stdout_lines + [proc.stderr]
-    event = {'signal': sig and sig.name, 'started_at_step': start, 'tmp_dirs_at_start': interrupted_saves}
-    if sig is None:
-      event['rc'] = proc.wait()
-    else:  # SIGTERM at step 2-3; SIGINT and each kill 1 step after the step the process resumed from, so
-      # the chain always has steps left for its last kill (it lands by step 9 of 12 at the latest)
-      target = rng.randint(2, 3) if sig == signal.SIGTERM else start + 1
-      event['rc'], event['signal_after_step'] = proc.until_step(target, sig)
+    event = {'signal': sig and sig.name, 'started_at_step': start, 'tmp_dirs_at_start': interrupted_saves,
+             'rc': proc.wait()}
+    if sig is not None:
+      # kill -9: the step lines train.py had written when it was frozen (> 0: the signaller read late)
+      event.update(signal_after_step=proc.signalled, step_lines_past_signal=proc.lines_past_signal)
     event.update(checkpoints_after=_steps(workdir), seconds=proc.seconds, cpu_s=proc.cpu_s,
                  stderr=[line for line in proc.stderr.splitlines()
                          if ' at step ' in line or line.startswith('error') or 'Traceback' in line])
