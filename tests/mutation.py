@@ -351,6 +351,25 @@ MUTATIONS = (
       'if epochs[0] != expected or epochs[-1] != expected:', 'if False:',
       tests=('tests/test_data.py', '-k', 'short_of_num_train_examples'),
       note='an epoch short of num_train_examples runs on into the next epoch'),
+    # gs:// dashboards across kills and preemptions
+    M('events-copied-only-every-minute', 'rsam/training/loop.py',
+      '        writers.persist(writer)\n      if logging or saving:', '        writer.flush()\n      if logging or saving:',
+      tests=('tests/test_gcs.py', '-k', 'every_file'),
+      note="a gs:// run's events reach the bucket only every minute: a kill loses the steps up to its checkpoint"),
+    M('events-not-copied-at-sigterm', 'rsam/training/loop.py',
+      '        writers.persist(writer)\n        segment.update(step)\n        ckpt.save(step, state, force=True)',
+      '        writer.flush()\n        segment.update(step)\n        ckpt.save(step, state, force=True)',
+      tests=('tests/test_gcs.py', '-k', 'every_file'),
+      note="a preempted gs:// run's last events stay on the lost machine while its successor skips them"),
+    M('events-earlier-process-file-copied', 'rsam/training/writers.py', 'name in self.earlier or ', '',
+      tests=('tests/test_everyday.py', '-k', 'gcs_workdirs'),
+      note="a killed process's staged events (steps its successor redoes) copied by the successor: twice"),
+    M('pod-signal-not-agreed', 'rsam/training/interrupts.py', '    if self._agree is None:\n',
+      '    if True:\n', tests=('tests/test_multihost.py', '-k', 'signal_to_one_process'),
+      note='a signal to one host of a pod stops that host alone: it waits in its save for the others'),
+    M('segments-logged-when-written', 'rsam/training/segments.py', 'if self._copier is not None:',
+      'if False:', tests=('tests/test_everyday.py', '-k', 'gcs_workdirs'),
+      note="gs:// logged_to counts events still on the machine: a resumed run skips steps the bucket lacks"),
 )
 
 # The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one

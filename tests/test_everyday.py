@@ -245,3 +245,50 @@ def test_wandb_without_login_is_one_error_line(tmp_path, monkeypatch):
     writers.make_writer(tiny.get_config(), str(tmp_path / 'work'), resume_id='x1')
   message = str(info.value)
   assert '\n' not in message and '`wandb login`' in message and 'WANDB_MODE=offline' in message, message
+
+
+def test_a_gcs_workdirs_events_count_as_logged_once_copied_and_earlier_files_stay_behind(tmp_path):
+  """The events copier of a gs:// workdir (here a local folder stands for the bucket): ``logged_to`` follows
+  what was copied, not what was written; a file an earlier process left in the staging folder is not copied;
+  a run resumed later writes only the steps after what reached the workdir."""
+  from clu import metric_writers
+  from rsam.training import segments, writers
+  staging, workdir = tmp_path / 'staging', tmp_path / 'workdir'
+  staging.mkdir()
+  workdir.mkdir()
+  (staging / 'events.out.tfevents.earlier').write_bytes(b'left by a killed process')
+
+  def copier():
+    earlier = frozenset(os.listdir(staging))
+    return writers.CopiedToWorkdir(metric_writers.create_default_writer(str(staging), asynchronous=False),
+                                   str(staging), str(workdir), every_secs=3600, earlier=earlier)
+
+  segment = segments.Segments(str(workdir), 0, {})
+  writer = segment.wrap(copier())
+  writer.write_scalars(4, {'loss': 1.0})
+  writer.flush()  # an hour before the next timed copy
+  segment.update(4, logged=True)
+  assert segment.current['logged_to'] is None and os.listdir(workdir) == [segments.NAME]
+  writers.persist(writer)  # as before a checkpoint: copied now
+  segment.update(4)
+  assert segment.current['logged_to'] == 4
+  copied = sorted(n for n in os.listdir(workdir) if n.startswith('events.'))
+  assert len(copied) == 1 and copied[0] != 'events.out.tfevents.earlier', copied
+  writer.write_scalars(8, {'loss': 0.5})
+  writer.flush()
+  segment.update(8, logged=True)  # step 8 is on this machine only: a resumed run must write it again
+  assert segment.current['logged_to'] == 4
+
+  written = []
+
+  class Recorder(writers.Forwarding):
+    def write_scalars(self, step, scalars):
+      written.append(step)
+
+  resumed = segments.Segments(str(workdir), 4, {})
+  inner = copier()
+  assert copied[0] in inner.earlier
+  resumed_writer = resumed.wrap(Recorder(inner))
+  for step in (4, 8):  # redone after a resume from the checkpoint of step 4
+    resumed_writer.write_scalars(step, {'loss': 0.0})
+  assert written == [8]

@@ -8,11 +8,14 @@ fake-gcs-server runs on 127.0.0.1 (the session fixture ``gcs``, tests/gcs_emulat
 a run's objects into a local folder to restore its checkpoints with orbax. Nothing reaches any address but
 127.0.0.1.
 
-One module-scoped chain on configs/tiny.py (16 steps, checkpoints every 4), as tests/test_train.py does
+One module-scoped chain on configs/tiny.py (24 steps, logs every 2, checkpoints every 4), as tests/test_train.py does
 locally: an uninterrupted local reference in this process; ``train.py --workdir gs://...`` SIGKILLed as
-soon as a checkpoint is finished in the bucket; the same command again to the end. The compilation cache
+soon as a checkpoint at or after step 4 is finished in the bucket; the same command SIGTERMed at its first
+step line (a preemption); the same command again to the end, each process with its own cache folder (another
+machine). The compilation cache
 (conftest) makes the subprocesses load what the reference compiled.
 """
+import collections
 import json
 import os
 import re
@@ -31,7 +34,8 @@ from tests import helpers
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 16
+STEPS = 24  # room for three processes: a kill after step 4's checkpoint, a SIGTERM, the end
+LOG_EVERY = 2  # the chain's; checkpoints every 4 (configs/tiny.py)
 TRAIN = [sys.executable, 'train.py', '--config', 'configs/tiny.py', f'--config.total_steps={STEPS}']
 BUCKET = 'rsam-runs'
 RUN = 'tiny/run1'  # the chain's workdir in BUCKET
@@ -75,42 +79,67 @@ def _assert_same_state(a, b):
 
 def _checkout_state():
   """What git sees in the checkout, ignored folders included (a stray `gs:` folder would show here), but for
-  Python's bytecode caches, which any import may add."""
+  Python's bytecode caches, which any import may add. A copy without git (tests/mutation.py's): every file's
+  path and size."""
   status = subprocess.run(['git', 'status', '--porcelain', '--ignored'], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout
-  return [line for line in status.splitlines() if '__pycache__' not in line]
+                          text=True)
+  if status.returncode == 0:
+    return [line for line in status.stdout.splitlines() if '__pycache__' not in line]
+  return sorted((os.path.relpath(os.path.join(folder, name), ROOT), os.path.getsize(os.path.join(folder, name)))
+                for folder, _, names in os.walk(ROOT) if '__pycache__' not in folder for name in names)
+
+
+def _sigterm_at_first_step_line(command, env):
+  """``command`` SIGTERMed (a preemption) when it prints its first step line: (exit code, its output)."""
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True)
+  watchdog = threading.Timer(600, lambda: os.killpg(proc.pid, signal.SIGKILL))
+  watchdog.start()
+  lines = []
+  for line in proc.stdout:
+    if line.startswith('step ') and not any(x.startswith('step ') for x in lines):
+      proc.send_signal(signal.SIGTERM)
+    lines.append(line)
+  rc = proc.wait()
+  watchdog.cancel()
+  return rc, ''.join(lines)
 
 
 @pytest.fixture(scope='module')
 def chain(gcs, compile_cache, tmp_path_factory):
+  """The reference; then on the bucket: killed (kill -9 once a checkpoint at or after the first logged step is
+  finished there), preempted (SIGTERM at its first step line), resumed to the end. Each process has its own
+  cache folder, as after a preemption the run goes on on another machine: what a process staged locally
+  and did not copy to the bucket is gone for the next one."""
   from rsam.training import loop
   base = tmp_path_factory.mktemp('gcs_chain')
   gcs.create_bucket(BUCKET)
   out = {'workdir': f'gs://{BUCKET}/{RUN}', 'checkout_before': _checkout_state()}
-  cache = str(base / 'cache')
-  env = helpers.subprocess_env(compile_cache, **{k: v for k, v in gcs.env().items()
-                                                if k in ('STORAGE_EMULATOR_HOST', 'NO_PROXY', 'no_proxy')},
-                               XDG_CACHE_HOME=cache)
-  out['env'], out['cache'] = env, cache
+  emulator = {k: v for k, v in gcs.env().items() if k in ('STORAGE_EMULATOR_HOST', 'NO_PROXY', 'no_proxy')}
+  out['caches'] = {name: str(base / 'cache' / name) for name in ('killed', 'preempted', 'resumed')}
+  envs = {name: helpers.subprocess_env(compile_cache, **emulator, XDG_CACHE_HOME=cache)
+          for name, cache in out['caches'].items()}
+  out['env'] = envs['resumed']  # the machine the run finished on, for the tests that read it after
   out['reference_results'] = loop.train_and_evaluate(_tiny(), str(base / 'reference'))
   out['reference'] = base / 'reference'
 
-  command = TRAIN + ['--workdir', out['workdir']]
+  # Logs every 2 steps, checkpoints every 4: a SIGTERM can come with logged steps after the last checkpoint.
+  command = TRAIN + ['--workdir', out['workdir'], f'--config.log_every_steps={LOG_EVERY}']
   with open(base / 'killed.log', 'w') as log:
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(command, cwd=ROOT, env=envs['killed'], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     record = {}
 
-    def kill_after_first_checkpoint():
+    def kill_after_a_logged_checkpoint():
       deadline = time.time() + 600
       while proc.poll() is None and time.time() < deadline:
         steps = _finished_steps(gcs, BUCKET, RUN)
-        if steps:
+        if steps and steps[-1] >= LOG_EVERY:
           os.killpg(proc.pid, signal.SIGKILL)
           record['steps_at_kill'] = steps
           return
         time.sleep(0.05)
-    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer = threading.Thread(target=kill_after_a_logged_checkpoint)
     killer.start()
     killer.join()
     if proc.poll() is None:
@@ -119,7 +148,11 @@ def chain(gcs, compile_cache, tmp_path_factory):
   out['kill'] = record
   out['kill_log'] = (base / 'killed.log').read_text()
   out['objects_after_kill'] = gcs.objects(BUCKET, RUN + '/')
-  out['resumed'] = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  out['preempted_rc'], out['preempted_log'] = _sigterm_at_first_step_line(command, envs['preempted'])
+  # The last process also traces its last two steps (config.profile is bookkeeping: the same run).
+  profile = [f'--config.profile.first_step={STEPS - 1}', f'--config.profile.last_step={STEPS}']
+  out['resumed'] = subprocess.run(command + profile, cwd=ROOT, env=envs['resumed'], capture_output=True,
+                                  text=True, timeout=900)
   out['mirror'] = _download(gcs, BUCKET, RUN, str(base / 'mirror'))
   out['base'] = base
   return out
@@ -128,6 +161,9 @@ def chain(gcs, compile_cache, tmp_path_factory):
 def test_killed_gcs_run_resumes_from_the_bucket_and_ends_bit_identical(chain):
   assert chain['kill'].get('steps_at_kill'), chain['kill_log'][-3000:]
   assert chain['killed_rc'] == -signal.SIGKILL
+  preempted = chain['preempted_log']
+  assert chain['preempted_rc'] == 143 and re.search(r'^resumed from step \d+ in gs://', preempted, re.M), preempted
+  assert re.search(r'SIGTERM at step \d+: checkpoint written to gs://', preempted), preempted[-3000:]
   assert f'{RUN}/results.json' not in chain['objects_after_kill']
   resumed = chain['resumed']
   assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -135,7 +171,9 @@ def test_killed_gcs_run_resumes_from_the_bucket_and_ends_bit_identical(chain):
   assert len(starts) == 1 and 0 < int(starts[0]) < STEPS, resumed.stdout
   _assert_same_state(_state(chain['mirror'], STEPS), _state(chain['reference'], STEPS))
   with open(os.path.join(chain['mirror'], 'results.json')) as f:
-    assert json.load(f)['eval'] == chain['reference_results']['eval']
+    results = json.load(f)
+  assert results['eval'] == chain['reference_results']['eval']
+  assert [s['ended'] for s in results['segments']] == ['running', 'SIGTERM', 'finished'], results['segments']
 
 
 def test_every_file_of_the_run_is_in_the_bucket_and_nothing_local(gcs, chain):
@@ -143,21 +181,30 @@ def test_every_file_of_the_run_is_in_the_bucket_and_nothing_local(gcs, chain):
   assert 'config.json' in names and 'results.json' in names
   assert f'checkpoints/{STEPS}/commit_success.txt' in names
   events = [n for n in names if n.startswith('events.out.tfevents.')]
-  assert len(events) == 2, names  # one events file per process: the killed one and the resumed one
-  # The TensorBoard events reached the bucket whole: they hold the last step's train and eval scalars.
+  assert len(events) == 3, names  # one events file per process: killed, preempted, resumed to the end
+  # TensorBoard in the bucket shows every logged step once: the killed and the preempted process copied their
+  # events before each checkpoint and at SIGTERM (not only every minute, which these never reached), and
+  # no later process wrote again a step whose events were already there.
   import tensorflow as tf
-  tags = set()
+  logged = collections.Counter()
   for name in events:
     for event in tf.compat.v1.train.summary_iterator(os.path.join(chain['mirror'], name)):
-      tags |= {(event.step, v.tag) for v in event.summary.value}
-  assert (STEPS, 'train/loss') in tags and (STEPS, 'eval/test/accuracy') in tags
+      logged.update((event.step, v.tag) for v in event.summary.value if v.tag in ('train/loss', 'eval/test/accuracy'))
+  expected = ([(step, 'train/loss') for step in range(LOG_EVERY, STEPS + 1, LOG_EVERY)]
+              + [(STEPS, 'eval/test/accuracy')])
+  assert logged == collections.Counter(expected), (logged, chain['kill'], chain['preempted_log'][-2000:])
+  # The profile of the last process's last two steps, where TensorBoard's profile plugin looks.
+  assert any(re.fullmatch(r'plugins/profile/[^/]+/[^/]+\.xplane\.pb', n) for n in names), names
+  assert f'profile of steps {STEPS - 1}..{STEPS} written to {chain["workdir"]}/plugins/profile' in chain[
+      'resumed'].stdout, chain['resumed'].stdout[-2000:]
   # Nothing in the checkout changed (no `gs:` folder named after the bucket), nothing in the current folder.
   assert _checkout_state() == chain['checkout_before']
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))
   # What libraries must stage locally went to the cache folder, not to the workdir's name.
-  ours = os.path.join(chain['cache'], 'rsam')
-  staged = [os.path.relpath(os.path.join(d, f), ours) for d, _, files in os.walk(ours) for f in files]
-  assert staged and all(p.startswith('staging' + os.sep) for p in staged), staged
+  for cache in chain['caches'].values():
+    ours = os.path.join(cache, 'rsam')
+    staged = [os.path.relpath(os.path.join(d, f), ours) for d, _, files in os.walk(ours) for f in files]
+    assert staged and all(p.startswith('staging' + os.sep) for p in staged), (cache, staged)
 
 
 def test_eval_py_on_a_gcs_workdir(gcs, chain):

@@ -122,18 +122,50 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x))
 
 
+def _references():
+  """(run, the reference's final state, its losses, the wrong-data reference's final state), computed in this
+  process on 4 of the 8 fake devices."""
+  from jax.sharding import Mesh
+  mesh = Mesh(np.asarray(jax.devices()[:4]), ('data',))
+  run, train = _reference(_config(), mesh)
+  expected, losses = train((0, 1))
+  wrong, _ = train((0, 0))
+  return run, expected, losses, wrong
+
+
+_REFERENCES = []
+
+
+def _references_once():
+  if not _REFERENCES:
+    _REFERENCES.append(_references())
+  return _REFERENCES[0]
+
+
+def _final_state(run, workdir):
+  from rsam.training import checkpointing
+  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
+  try:
+    _, restored = ckpt.restore(STEPS, run.init_state())
+  finally:
+    ckpt.close()
+  return jax.tree.map(np.asarray, jax.device_get(restored))
+
+
+def _assert_close(got, expected):
+  for part in ('params', 'opt_state', 'model_state'):
+    ours, theirs = (jax.tree_util.tree_flatten_with_path(t[part])[0] for t in (got, expected))
+    assert [p for p, _ in ours] == [p for p, _ in theirs]
+    for (path, x), (_, y) in zip(ours, theirs):
+      np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=f'{part}{jax.tree_util.keystr(path)}')
+
+
 @pytest.mark.slow
 def test_two_processes_train_as_one_run_and_match_a_single_process(tmp_path):
-  from jax.sharding import Mesh
-  from rsam.training import checkpointing
   workdir = tmp_path / 'work'
   procs = _start(tmp_path, lambda i: ['--workdir', str(workdir)])
   try:
-    # Meanwhile, the references in this process (4 of the 8 fake devices).
-    mesh = Mesh(np.asarray(jax.devices()[:4]), ('data',))
-    run, train = _reference(_config(), mesh)
-    expected, losses = train((0, 1))
-    wrong, _ = train((0, 0))
+    run, expected, losses, wrong = _references_once()  # meanwhile, in this process
     _wait(procs, 600)
   finally:
     _stop(procs)
@@ -156,22 +188,54 @@ def test_two_processes_train_as_one_run_and_match_a_single_process(tmp_path):
   assert len(done) == 2 and done[0].split(';')[0] == done[1].split(';')[0]  # both saw the same metrics
 
   # The state matches the single-process reference within the tolerance; the wrong-data one does not.
-  ckpt = checkpointing.Checkpointer(str(workdir), every_steps=1, max_to_keep=None, asynchronous=False)
-  try:
-    _, restored = ckpt.restore(STEPS, run.init_state())
-  finally:
-    ckpt.close()
-  got = jax.tree.map(np.asarray, jax.device_get(restored))
+  got = _final_state(run, workdir)
   assert int(got['step']) == STEPS
-  for part in ('params', 'opt_state', 'model_state'):
-    ours, theirs = (jax.tree_util.tree_flatten_with_path(t[part])[0] for t in (got, expected))
-    assert [p for p, _ in ours] == [p for p, _ in theirs]
-    for (path, x), (_, y) in zip(ours, theirs):
-      np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=f'{part}{jax.tree_util.keystr(path)}')
+  _assert_close(got, expected)
   assert _max_abs_diff(got['params'], wrong['params']) > 100 * ATOL
   logged = float(next(line for line in outputs[0].splitlines() if line.startswith(f'step {STEPS}/'))
                  .split('| loss ')[1].split()[0])
   assert logged == pytest.approx(np.mean(losses), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_finishes(tmp_path):
+  """SIGTERM to process 1 alone (a kill or Ctrl-C on one host; a preemption reaches hosts at different
+  moments): both processes save the same step and exit 143, process 0 naming process 1 (before, process 1
+  waited in its save for process 0, gone on to the next step). The same two commands then resume from that
+  step and end where the single-process reference does."""
+  workdir = tmp_path / 'work'
+  args = lambda i: ['--workdir', str(workdir), '--config.log_every_steps=1']
+  procs = _start(tmp_path, args)
+  try:
+    log = tmp_path / 'process1.log'
+    deadline = time.time() + 600
+    while time.time() < deadline and procs[1][0].poll() is None and 'step ' not in log.read_text():
+      time.sleep(0.02)
+    procs[1][0].send_signal(signal.SIGTERM)
+    _wait(procs, 300, until_all_exit=True)
+  finally:
+    _stop(procs)
+  outputs = [(tmp_path / f'process{i}.log').read_text() for i in range(2)]
+  stops = []
+  for i, ((proc, _), out) in enumerate(zip(procs, outputs)):
+    assert proc.returncode == 143, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith(('SIGTERM', 'error'))]
+    who = 'SIGTERM to process 1 at step ' if i == 0 else 'SIGTERM at step '
+    assert len(lines) == 1 and lines[0].startswith(who) and 'Traceback' not in out, out[-4000:]
+    stops.append(int(lines[0][len(who):].split(':')[0]))
+  assert stops[0] == stops[1] < STEPS, stops
+  assert max(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit()) == stops[0]
+
+  procs = _start(tmp_path, args)  # the same two commands again
+  try:
+    run, expected, _, _ = _references_once()  # meanwhile, in this process
+    _wait(procs, 600)
+  finally:
+    _stop(procs)
+  for i, (proc, _) in enumerate(procs):
+    out = (tmp_path / f'process{i}.log').read_text()
+    assert proc.returncode == 0 and f'resumed from step {stops[0]} in ' in out, out[-4000:]
+  _assert_close(_final_state(run, workdir), expected)
 
 
 @pytest.mark.slow

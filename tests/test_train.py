@@ -229,12 +229,20 @@ def test_results_json_and_tensorboard_events(runs):
 
   files = glob.glob(os.path.join(str(runs['reference']), 'events.out.tfevents.*'))
   assert len(files) == 1
-  tags = {}
+  tags, values = {}, {}
   for event in tf.compat.v1.train.summary_iterator(files[0]):
     for value in event.summary.value:
       tags.setdefault(value.tag, set()).add(event.step)
+      if value.tag.startswith('train/'):
+        values[event.step, value.tag] = float(tf.make_ndarray(value.tensor))
   assert tags['train/loss'] == {4, 8, 12, 16}, tags
   assert tags['train/lr'] == {4, 8, 12, 16}
+  # Throughput from the timed steps alone (rsam/training/progress.py): one measurement, two units; clu's
+  # steps_per_sec, which counted the compile and the evaluations, is not written.
+  assert tags['train/steps_per_sec'] == tags['train/img_per_s_per_device'] == {4, 8, 12, 16}
+  for step in (4, 8, 12, 16):
+    assert values[step, 'train/steps_per_sec'] * 32 / 8 == pytest.approx(values[step, 'train/img_per_s_per_device'])
+  assert 'steps_per_sec' not in tags and 'uptime' not in tags
   assert tags['eval/test/accuracy'] == {STEPS}
   # The resumed run appended to the same workdir: its events cover the steps after the resume.
   resumed_tags = set()

@@ -25,9 +25,15 @@ For example, two processes on one machine (tests/test_multihost.py) or two GPU s
       --config.distributed.process_id=0          # and --config.distributed.process_id=1 on the other
 
 A host that never starts makes the others abort after jax's initialization timeout (300 s).
+
+Signals on a pod (``agree_on_signal``): a preemption's SIGTERM reaches the hosts at different moments, and a
+Ctrl-C or a ``kill`` may reach one host only. A host that stopped alone to save would wait in the save for
+hosts gone on to the next step, and they for it. So after every step the processes agree, through the
+coordination service jax.distributed runs (host to host, no device work), on whether any of them got a
+signal; all of them then save that step and stop together.
 """
 import json
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -35,6 +41,9 @@ import numpy as np
 from rsam.errors import ConfigError
 
 _ARGS = ('coordinator_address', 'num_processes', 'process_id')
+# How long a process waits for the others at a step's signal check: longer than any evaluation or save one
+# host may still be in; a host that died makes the others fail here rather than hang.
+_SIGNAL_BARRIER_MS = 30 * 60 * 1000
 
 
 def on_cloud_tpu_vm() -> bool:
@@ -113,3 +122,22 @@ def _processes(indices: List[int]) -> str:
   if len(indices) > 8:
     shown += f' and {len(indices) - 8} more'
   return f'process {shown} differs' if len(indices) == 1 else f'processes {shown} differ'
+
+
+def agree_on_signal(step: int, local: int) -> Tuple[int, int]:
+  """(signal number, process index) of the lowest-indexed process that has received a signal by step
+  ``step`` (``local``: this process's signal number, 0 for none), or (0, -1); the same answer on every
+  process. Each process writes its flag for the step to the coordination service's key-value store, waits
+  at the step's barrier, then reads every flag: all were written before anyone passed the barrier."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (no public API)
+  client = jax_distributed.global_state.client
+  me = jax.process_index()
+  client.key_value_set(f'rsam/signal/{step}/{me}', str(int(local)))
+  client.wait_at_barrier(f'rsam_signal_{step}', _SIGNAL_BARRIER_MS)
+  flags = {int(key.rsplit('/', 1)[1]): int(value)
+           for key, value in client.key_value_dir_get(f'rsam/signal/{step}/')}
+  try:  # every process read the previous step's flags before it reached this barrier
+    client.key_value_delete(f'rsam/signal/{step - 1}/{me}')
+  except Exception:  # pylint: disable=broad-except  (none for the first step of a process)
+    pass
+  return next(((flags[p], p) for p in sorted(flags) if flags[p]), (0, -1))

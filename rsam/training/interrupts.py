@@ -5,7 +5,9 @@ While the loop runs, a signal only sets a flag: the loop saves the step it is at
 last step the handlers stay: a signal during the final checkpoint lets it complete (never half-written)
 and then stops; one during the final evaluation, which writes nothing, stops it at once
 (``raising``). Rerunning the same command resumes from the checkpoint; after the last step it only
-evaluates.
+evaluates. On a pod the processes agree after every step whether any of them got a signal (``check``), so
+all save the same step and stop; a signal during the final evaluation stops only the process it reaches
+(a preemption reaches all of them).
 """
 import contextlib
 import signal
@@ -22,12 +24,27 @@ class Preempted(Exception):
 
 
 class Interrupts:
-  """Handlers for SIGTERM and SIGINT until ``restore()``; ``received`` is the first signal that came."""
+  """Handlers for SIGTERM and SIGINT until ``restore()``; ``received`` is the first signal that came (to this
+  process, or on a pod to the process ``source`` names, once ``check`` agreed on it)."""
 
-  def __init__(self):
+  def __init__(self, agree=None):
+    """``agree(step, signal number or 0) -> (signal number or 0, process)``: the answer every process of a
+    multi-process run shares (rsam/training/distributed.py: agree_on_signal); None for one process."""
     self.received = None
+    self.source = None  # the process whose signal stops this one, when it is another
+    self._agree = agree
     self._raise_with = None
     self._previous = {s: signal.signal(s, self._handler) for s in EXIT_CODES}
+
+  def check(self, step: int) -> bool:
+    """Whether the run stops after step ``step``: a signal came (on a pod: to any of its processes; every
+    process gets the same answer for the same step)."""
+    if self._agree is None:
+      return self.received is not None
+    number, process = self._agree(step, int(self.received or 0))
+    if number and self.received is None:  # another process's: this one stops with it
+      self.received, self.source = signal.Signals(number), process
+    return bool(number)
 
   def _handler(self, signum, frame):
     del frame
@@ -39,7 +56,8 @@ class Interrupts:
 
   def stop(self, what: str) -> Preempted:
     """The exception that ends the run: '<SIGNAL> <what>'."""
-    return Preempted(f'{self.received.name} {what}', EXIT_CODES[self.received])
+    source = '' if self.source is None else f' to process {self.source}'
+    return Preempted(f'{self.received.name}{source} {what}', EXIT_CODES[self.received])
 
   @contextlib.contextmanager
   def raising(self, what: str):

@@ -8,7 +8,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import periodic_actions
 
 import data
 from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation,
@@ -91,9 +90,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   writer = segment.wrap(writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir)))
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                             every_steps=config.log_every_steps, every_secs=None)
-  signals = interrupts.Interrupts()
+  signals = interrupts.Interrupts(agree=distributed.agree_on_signal if jax.process_count() > 1 else None)
 
   window, window_steps = None, 0
   meter, trace = progress_lib.Meter(), progress_lib.Trace(config, workdir)  # rsam/training/progress.py
@@ -143,31 +140,37 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
       trace.after(step, metrics)
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
-      progress(step)
       # Checked one step late so the host never waits on the step just dispatched; a non-finite step
       # left the state untouched, so nothing bad can be saved meanwhile. With 'stop', a step about to be
       # checkpointed is checked first: a resumed run must not silently skip it.
       check_finite(pending)
       pending = (step, metrics)
-      if config.nan_policy == 'stop' and ckpt.due(step):
+      saving = ckpt.due(step)
+      if saving and config.nan_policy == 'stop':
         check_finite(pending)
-      if ckpt.due(step):
-        paths.probe_writable(ckpt.directory)  # a read-only or unwritable folder: one line, not a hung save
-      ckpt.save(step, state)
-      if step % config.log_every_steps == 0 or step == total_steps:
+      logging = step % config.log_every_steps == 0 or step == total_steps
+      if logging:
         _log(writer, step, total_steps, window, window_steps, meter.window(), schedule, config, num_devices,
              start_time)
         window, window_steps = None, 0
-        segment.update(step, logged=True)
+      if saving:
+        paths.probe_writable(ckpt.directory)  # a read-only or unwritable folder: one line, not a hung save
+        # The metrics so far reach the workdir before the checkpoint can (gs://: copied, not only every
+        # minute): a run resumed from this checkpoint finds every step up to it on the dashboard.
+        writers.persist(writer)
+      if logging or saving:
+        segment.update(step, logged=logging)
+      ckpt.save(step, state)
       due = evaluation.due(eval_every, step, total_steps)
       if due:
         with meter.paused():
           evaluation.write(writer, step, evaluator.run(state['params'], state['model_state'], due))
-      if signals.received:
+      if signals.check(step):
         check_finite(pending)
+        writers.persist(writer)
+        segment.update(step)
         ckpt.save(step, state, force=True)
         ckpt.close()
-        writer.flush()
         segment.update(step, ended=signals.received.name)
         raise signals.stop(f'at step {step}: checkpoint written to {ckpt.directory}; rerun the same command '
                            f'to resume')
@@ -177,17 +180,19 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
     # stops the run before (or during) the final evaluation, which a rerun does from that checkpoint.
     lease.check(held)
     paths.probe_writable(ckpt.directory)
+    writers.persist(writer)
+    segment.update(step)
     ckpt.save(step, state, force=True)
     ckpt.close()
     evaluate_later = (f'after the last step ({step}): the final checkpoint is in {ckpt.directory}; rerun the '
                       f'same command to evaluate it')
-    if signals.received:
+    if signals.check(step + 1):  # after the last step (its own key on a pod: total_steps + 1)
       raise signals.stop(evaluate_later)
     with signals.raising(evaluate_later):
       eval_results = evaluator.run(state['params'], state['model_state'])
     evaluation.write(writer, step, eval_results)
     writers.summarize(writer, eval_results)  # wandb's summary: final/<set>/accuracy beside the paper's
-    writer.flush()
+    writers.persist(writer)
     segment.update(step, ended='finished')
     # wall_time_s and hardware: this process; segments and total_wall_time_s: every process of the run.
     results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
@@ -220,7 +225,8 @@ def _log(writer, step, total_steps, window, window_steps, timed, schedule, confi
   means = {f'train/{k}': float(v) / window_steps for k, v in jax.device_get(window).items()}
   means['train/lr'] = float(schedule(step - 1))
   img_per_s, rate = progress_lib.rate_text(*timed, batch_size=config.batch_size, remaining=total_steps - step)
-  if img_per_s is not None:
+  if img_per_s is not None:  # the timed steps only (clu's ReportProgress would count compile and evaluations)
+    means['train/steps_per_sec'] = img_per_s / config.batch_size
     means['train/img_per_s_per_device'] = img_per_s / num_devices
   writer.write_scalars(step, means)
   writer.flush()  # a remote workdir's events are copied to it here (at most every COPY_EVERY_SECS)

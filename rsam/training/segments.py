@@ -10,10 +10,10 @@ rewritten at every logged step, so a killed process leaves its segment up to its
 Redone steps: a process killed after logging step k but before its checkpoint of k is resumed from an
 earlier checkpoint c, and steps c+1..k run again (bit for bit the same). Their metrics are not written
 again: the resumed process's metric writer drops scalars at steps <= the largest ``logged_to`` of the
-segments before it, so TensorBoard and wandb show each step once. ``logged_to`` is recorded only where the
-metrics reach the workdir when they are flushed (a local workdir); on gs:// TensorBoard's events are copied
-at most every minute (rsam/training/writers.py), so there a killed run's redone steps are written again
-(the same values) rather than risk a gap.
+segments before it, so TensorBoard and wandb show each step once. ``logged_to`` counts only metrics that
+reached the workdir: a local workdir's on every flush; a gs:// workdir's TensorBoard events when they are
+copied to it (rsam/training/writers.py: at most every minute, with every checkpoint and before the run
+stops), so steps whose events never left a killed machine are written again rather than lost.
 """
 import time
 from typing import Any, Mapping
@@ -29,8 +29,8 @@ class Segments:
   def __init__(self, workdir: str, start_step: int, hardware: dict, *, write: bool = True):
     """``write``: False on the processes of a pod but the first (they only keep count)."""
     self.path = paths.path(workdir) / NAME
-    self.remote = paths.is_remote(workdir)
     self.write = write
+    self._copier = None  # a gs:// workdir's events copier (``wrap``): what it copied is what was logged
     self.earlier = self._read()
     # Only a resumed run skips steps: a fresh start (step 0) may follow a different config's failed start.
     self.skip_to = max((s.get('logged_to') or 0 for s in self.earlier), default=0) if start_step else 0
@@ -54,11 +54,12 @@ class Segments:
     """Records that this process reached ``step`` (and wrote its metrics when ``logged``), or ended."""
     self.current['to_step'] = step
     self.current['wall_time_s'] = round(time.time() - self.start, 3)
-    if logged and not self.remote:
+    if self._copier is not None:
+      self.current['logged_to'] = self._copier.copied_to
+    elif logged or ended:  # the writer is flushed (or closed) by then
       self.current['logged_to'] = step
     if ended:
       self.current['ended'] = ended
-      self.current['logged_to'] = step  # the writer is flushed (or closed) by then
     self._save()
 
   def summary(self) -> dict:
@@ -69,6 +70,7 @@ class Segments:
 
   def wrap(self, writer: interface.MetricWriter) -> interface.MetricWriter:
     """``writer`` without the scalars of redone steps (none on a fresh start)."""
+    self._copier = writers.copier(writer)
     return _SkipRedone(writer, self.skip_to) if self.skip_to else writer
 
 

@@ -22,7 +22,8 @@ A wandb run's identity (``identity``):
 A remote (gs://) workdir: TensorFlow's event writer would talk to GCS through TensorFlow's own client,
 which ignores STORAGE_EMULATOR_HOST, so the events are written into a local staging folder
 (rsam/training/paths.py: staging_dir) and copied to the workdir through the path layer at most every
-``COPY_EVERY_SECS`` when the loop flushes, and at close. wandb's local files stay in the staging folder
+``COPY_EVERY_SECS`` when the loop flushes, with every checkpoint and before the run stops (``persist``), so
+what a resumed run finds in the workdir reaches at least its checkpoint. wandb's local files stay in the staging folder
 (wandb uploads them itself).
 """
 import os
@@ -119,28 +120,43 @@ class Forwarding(interface.MetricWriter):
 
 class CopiedToWorkdir(Forwarding):
   """Forwards to ``inner`` (writing into local folder ``local``) and copies that folder's new or grown
-  files to ``remote`` on flush (at most every ``every_secs``) and on close."""
+  files to ``remote`` on flush (at most every ``every_secs``), on ``persist`` and on close. ``copied_to``: the
+  last step whose scalars are in ``remote`` (None before the first copy). Files named in ``earlier`` (an
+  earlier process's on this machine) are not copied: what they held up to its last copy is in ``remote``,
+  and the steps after it are redone and written again by this process."""
 
-  def __init__(self, inner: interface.MetricWriter, local: str, remote: str, every_secs: float):
+  def __init__(self, inner: interface.MetricWriter, local: str, remote: str, every_secs: float, *,
+               earlier: frozenset = frozenset()):
     super().__init__(inner)
-    self.local, self.remote, self.every_secs = local, remote, every_secs
+    self.local, self.remote, self.every_secs, self.earlier = local, remote, every_secs, earlier
     self._copied, self._last = {}, time.time()
+    self._written_to = self.copied_to = None
+
+  def write_scalars(self, step, scalars):
+    super().write_scalars(step, scalars)
+    self._written_to = step if self._written_to is None else max(self._written_to, step)
 
   def copy_now(self) -> None:
+    written_to = self._written_to  # the inner writer has flushed (or closed) what it got so far
     for name in sorted(os.listdir(self.local)):
       source = os.path.join(self.local, name)
       size = os.path.getsize(source) if os.path.isfile(source) else None
-      if size is None or self._copied.get(name) == size:
+      if size is None or name in self.earlier or self._copied.get(name) == size:
         continue
       with open(source, 'rb') as f:
         (paths.path(self.remote) / name).write_bytes(f.read())  # event files are small: whole-file copies
       self._copied[name] = size
     self._last = time.time()
+    self.copied_to = written_to
 
   def flush(self):
     self.inner.flush()
     if time.time() - self._last >= self.every_secs:
       self.copy_now()
+
+  def persist(self):
+    self.inner.flush()
+    self.copy_now()
 
   def close(self):
     self.inner.close()
@@ -190,21 +206,33 @@ def identity(config) -> dict:
 
 def summarize(writer: interface.MetricWriter, eval_results: dict) -> None:
   """The final accuracy of every eval set into the wandb run's summary (``final/<set>/accuracy``)."""
-  for w in _unwrapped(writer):
+  for w in _chain(writer):
     if isinstance(w, WandbWriter):
       w.run.summary.update({f'final/{name}/accuracy': result['accuracy']
                             for name, result in eval_results.items() if 'accuracy' in result})
 
 
-def _unwrapped(writer):
-  """The writers inside ``writer``: clu's MultiWriter (``_writers``) and wrappers (``inner``) opened up."""
+def _chain(writer):
+  """``writer`` and every writer inside it: clu's MultiWriter (``_writers``) and wrappers (``inner``)."""
+  yield writer
   if hasattr(writer, 'inner'):
-    yield from _unwrapped(writer.inner)
-  elif hasattr(writer, '_writers'):
-    for w in writer._writers:  # pylint: disable=protected-access
-      yield from _unwrapped(w)
-  else:
-    yield writer
+    yield from _chain(writer.inner)
+  for w in getattr(writer, '_writers', ()):  # pylint: disable=protected-access
+    yield from _chain(w)
+
+
+def copier(writer) -> Optional[CopiedToWorkdir]:
+  """The writer inside ``writer`` that copies a gs:// workdir's events to it; None for a local workdir."""
+  return next((w for w in _chain(writer) if isinstance(w, CopiedToWorkdir)), None)
+
+
+def persist(writer) -> None:
+  """What ``writer`` got so far, in the workdir now: flushed, and on a gs:// workdir copied to it (otherwise
+  done at most every COPY_EVERY_SECS). The loop calls it with every checkpoint and before it stops."""
+  writer.flush()
+  copies = copier(writer)
+  if copies is not None:
+    copies.persist()
 
 
 def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.MetricWriter:
@@ -215,8 +243,9 @@ def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.
   elif paths.is_remote(workdir):
     events = os.path.join(staging, 'tensorboard')
     os.makedirs(events, exist_ok=True)
+    earlier = frozenset(os.listdir(events))  # before this process's writer creates its file
     writer = CopiedToWorkdir(metric_writers.create_default_writer(events, asynchronous=False), events,
-                             workdir, COPY_EVERY_SECS)
+                             workdir, COPY_EVERY_SECS, earlier=earlier)
   else:
     writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   wandb_cfg = config.get('wandb', {})
