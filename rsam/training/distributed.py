@@ -30,7 +30,9 @@ Signals on a pod (``agree_on_signal``): a preemption's SIGTERM reaches the hosts
 Ctrl-C or a ``kill`` may reach one host only. A host that stopped alone to save would wait in the save for
 hosts gone on to the next step, and they for it. So after every step the processes agree, through the
 coordination service jax.distributed runs (host to host, no device work), on whether any of them got a
-signal; all of them then save that step and stop together.
+signal; all of them then save that step and stop together. Likewise the train step is compiled apart from
+its first run and the processes meet at a ``barrier`` before it: a host that compiled later would find the
+others already in the first step's collectives, whose setup gives up after 30 s (gloo on CPU).
 """
 import json
 from typing import List, Optional, Sequence, Tuple
@@ -41,9 +43,9 @@ import numpy as np
 from rsam.errors import ConfigError
 
 _ARGS = ('coordinator_address', 'num_processes', 'process_id')
-# How long a process waits for the others at a step's signal check: longer than any evaluation or save one
-# host may still be in; a host that died makes the others fail here rather than hang.
-_SIGNAL_BARRIER_MS = 30 * 60 * 1000
+# How long a process waits for the others at a barrier: longer than any compile, evaluation or save one host
+# may still be in; a host that died makes the others fail here rather than hang.
+_BARRIER_MS = 30 * 60 * 1000
 
 
 def on_cloud_tpu_vm() -> bool:
@@ -129,11 +131,10 @@ def agree_on_signal(step: int, local: int) -> Tuple[int, int]:
   ``step`` (``local``: this process's signal number, 0 for none), or (0, -1); the same answer on every
   process. Each process writes its flag for the step to the coordination service's key-value store, waits
   at the step's barrier, then reads every flag: all were written before anyone passed the barrier."""
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (no public API)
-  client = jax_distributed.global_state.client
+  client = _client()
   me = jax.process_index()
   client.key_value_set(f'rsam/signal/{step}/{me}', str(int(local)))
-  client.wait_at_barrier(f'rsam_signal_{step}', _SIGNAL_BARRIER_MS)
+  client.wait_at_barrier(f'rsam_signal_{step}', _BARRIER_MS)
   flags = {int(key.rsplit('/', 1)[1]): int(value)
            for key, value in client.key_value_dir_get(f'rsam/signal/{step}/')}
   try:  # every process read the previous step's flags before it reached this barrier
@@ -141,3 +142,16 @@ def agree_on_signal(step: int, local: int) -> Tuple[int, int]:
   except Exception:  # pylint: disable=broad-except  (none for the first step of a process)
     pass
   return next(((flags[p], p) for p in sorted(flags) if flags[p]), (0, -1))
+
+
+def barrier(name: str) -> None:
+  """Every process of a multi-process run waits here for all the others (host to host, no device work);
+  one process: nothing. ``name``: used once per run."""
+  if jax.process_count() > 1:
+    _client().wait_at_barrier(f'rsam_{name}', _BARRIER_MS)
+
+
+def _client():
+  """jax.distributed's coordination service client (jax has no public API for its key-value store)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return jax_distributed.global_state.client

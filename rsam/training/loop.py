@@ -131,6 +131,11 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
       trace.before(step + 1)
       if step == start_step:
         meter.compiling()
+        # Compiled apart from its first run, then the processes of a pod wait for each other: a host that
+        # compiles later would find the others already in the first step's collectives, whose setup times
+        # out (gloo, CPU: 30 s).
+        train_step.lower(state, batch).compile()
+        distributed.barrier('train_step_compiled')
       state, metrics = train_step(state, batch)
       if step == start_step:
         meter.compiled(metrics, step + 1)  # compile + the first step, timed apart from the rest
