@@ -229,22 +229,35 @@ def test_wandb_id_is_stored_in_the_workdir_not_derived_from_its_path(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'wandb_id'))
 
 
-def test_wandb_without_login_is_one_error_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize('logged_in', [False, True])
+def test_wandb_without_login_or_network_is_one_error_line(logged_in, tmp_path, monkeypatch):
+  """Not logged in: the line says `wandb login`. Logged in but no server (a TPU VM without internet access;
+  wandb retries until its init timeout, 90 s by default, 1 here): the line says so, not `wandb login`."""
   from configs import tiny
   from rsam.errors import ConfigError
   from rsam.training import writers
   for name in ('WANDB_API_KEY', 'WANDB_SILENT'):
     monkeypatch.delenv(name, raising=False)
+  if logged_in:
+    monkeypatch.setenv('WANDB_API_KEY', 'a' * 40)
+    monkeypatch.setenv('WANDB_INIT_TIMEOUT', '1')
   monkeypatch.setenv('WANDB_MODE', 'online')
   monkeypatch.setenv('NETRC', str(tmp_path / 'netrc'))
   monkeypatch.setenv('HOME', str(tmp_path))
   for name in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR', 'WANDB_DIR'):
     monkeypatch.setenv(name, str(tmp_path / name.lower()))
   monkeypatch.setenv('WANDB_BASE_URL', 'http://127.0.0.1:9')  # nothing listens: never the real service
-  with pytest.raises(ConfigError) as info:
-    writers.make_writer(tiny.get_config(), str(tmp_path / 'work'), resume_id='x1')
+  import wandb
+  wandb.teardown()  # wandb's service process reads the environment when it starts: one per case
+  try:
+    with pytest.raises(ConfigError) as info:
+      writers.make_writer(tiny.get_config(), str(tmp_path / 'work'), resume_id='x1')
+  finally:
+    wandb.teardown()
   message = str(info.value)
-  assert '\n' not in message and '`wandb login`' in message and 'WANDB_MODE=offline' in message, message
+  assert '\n' not in message and 'WANDB_MODE=offline' in message, message
+  assert ('`wandb login`' in message) != logged_in, message
+  assert ('reaches the wandb server' in message) == logged_in, message
 
 
 def test_a_gcs_workdirs_events_count_as_logged_once_copied_and_earlier_files_stay_behind(tmp_path):

@@ -17,7 +17,8 @@ A wandb run's identity (``identity``):
 - tags always hold model, updater (the base optimizer for 'plain'), dataset and seed; job_type is 'train',
   or 'runlocal' for runs on tfds mock data (``data.mock_examples``).
 - At the end, the summary holds ``final/<set>/accuracy`` of every eval set (``summarize``).
-- A missing login or network is one ConfigError naming ``wandb login`` and ``WANDB_MODE=offline``.
+- A missing login is one ConfigError naming ``wandb login``, a login without a reachable server one naming
+  the network (after wandb's retries, ``WANDB_INIT_TIMEOUT``); both name ``WANDB_MODE=offline``.
 
 A remote (gs://) workdir: TensorFlow's event writer would talk to GCS through TensorFlow's own client,
 which ignores STORAGE_EMULATOR_HOST, so the events are written into a local staging folder
@@ -164,6 +165,9 @@ class CopiedToWorkdir(Forwarding):
 
 
 COPY_EVERY_SECS = 60.0
+# What wandb's errors say when the login is there but the server is not (a TPU VM without internet access).
+_NETWORK_FAILURES = ('connection refused', 'deadline exceeded', 'timed out', 'network is unreachable',
+                     'name or service not known', 'temporary failure in name resolution', 'no route to host')
 
 
 def wandb_wanted(wandb_cfg) -> bool:
@@ -261,8 +265,11 @@ def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.
   except (wandb.errors.Error, OSError, TimeoutError) as e:
     writer.close()
     reason = ' '.join(str(e).split())[:200]
-    raise ConfigError(f'wandb could not start its run (mode {mode}; {type(e).__name__}: {reason}); log in '
-                      f'once with `wandb login`, or set WANDB_MODE=offline to log locally (`wandb sync` uploads later), '
-                      f'or turn wandb off (config.wandb.enabled=False, WANDB_MODE unset)') from None
+    unreachable = isinstance(e, TimeoutError) or any(sign in reason.lower() for sign in _NETWORK_FAILURES)
+    first = ('check that this machine reaches the wandb server' if unreachable
+             else 'log in once with `wandb login`')
+    raise ConfigError(f'wandb could not start its run (mode {mode}; {type(e).__name__}: {reason}); {first}, '
+                      f'or set WANDB_MODE=offline to log locally (`wandb sync` uploads later), or turn wandb '
+                      f'off (config.wandb.enabled=False, WANDB_MODE unset)') from None
   run.summary.update(who['summary'])
   return metric_writers.MultiWriter([writer, WandbWriter(run)])
