@@ -24,6 +24,7 @@ both come from process 0 (a pipeline that ignored the process index) differs by 
 A second test starts the two processes with different configs and workdirs: both stop with the same one
 `error:` line (rsam/training/distributed.py) before anything is written or compiled.
 """
+import functools
 import glob
 import json
 import os
@@ -122,24 +123,16 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x))
 
 
+@functools.lru_cache(maxsize=None)
 def _references():
   """(run, the reference's final state, its losses, the wrong-data reference's final state), computed in this
-  process on 4 of the 8 fake devices."""
+  process on 4 of the 8 fake devices, once per session."""
   from jax.sharding import Mesh
   mesh = Mesh(np.asarray(jax.devices()[:4]), ('data',))
   run, train = _reference(_config(), mesh)
   expected, losses = train((0, 1))
   wrong, _ = train((0, 0))
   return run, expected, losses, wrong
-
-
-_REFERENCES = []
-
-
-def _references_once():
-  if not _REFERENCES:
-    _REFERENCES.append(_references())
-  return _REFERENCES[0]
 
 
 def _final_state(run, workdir):
@@ -165,7 +158,7 @@ def test_two_processes_train_as_one_run_and_match_a_single_process(tmp_path):
   workdir = tmp_path / 'work'
   procs = _start(tmp_path, lambda i: ['--workdir', str(workdir)])
   try:
-    run, expected, losses, wrong = _references_once()  # meanwhile, in this process
+    run, expected, losses, wrong = _references()  # meanwhile, in this process
     _wait(procs, 600)
   finally:
     _stop(procs)
@@ -236,7 +229,7 @@ def test_a_signal_to_one_process_stops_both_and_the_rerun_waits_for_a_late_compi
       time.sleep(0.02)
     procs[1][0].send_signal(signal.SIGSTOP)
     frozen = time.time()
-    run, expected, _, _ = _references_once()  # meanwhile, in this process
+    run, expected, _, _ = _references()  # meanwhile, in this process
     time.sleep(max(0.0, 40 - (time.time() - frozen)))
     procs[1][0].send_signal(signal.SIGCONT)
     _wait(procs, 600)

@@ -24,8 +24,8 @@ A remote (gs://) workdir: TensorFlow's event writer would talk to GCS through Te
 which ignores STORAGE_EMULATOR_HOST, so the events are written into a local staging folder
 (rsam/training/paths.py: staging_dir) and copied to the workdir through the path layer at most every
 ``COPY_EVERY_SECS`` when the loop flushes, with every checkpoint and before the run stops (``persist``), so
-what a resumed run finds in the workdir reaches at least its checkpoint. wandb's local files stay in the staging folder
-(wandb uploads them itself).
+what a resumed run finds in the workdir reaches at least its checkpoint. wandb's local files stay in the
+staging folder (wandb uploads them itself).
 """
 import os
 import time
@@ -121,7 +121,7 @@ class Forwarding(interface.MetricWriter):
 
 class CopiedToWorkdir(Forwarding):
   """Forwards to ``inner`` (writing into local folder ``local``) and copies that folder's new or grown
-  files to ``remote`` on flush (at most every ``every_secs``), on ``persist`` and on close. ``copied_to``: the
+  files to ``remote`` on flush (at most every ``every_secs``), on ``copy_now`` and on close. ``copied_to``: the
   last step whose scalars are in ``remote`` (None before the first copy). Files named in ``earlier`` (an
   earlier process's on this machine) are not copied: what they held up to its last copy is in ``remote``,
   and the steps after it are redone and written again by this process."""
@@ -154,10 +154,6 @@ class CopiedToWorkdir(Forwarding):
     self.inner.flush()
     if time.time() - self._last >= self.every_secs:
       self.copy_now()
-
-  def persist(self):
-    self.inner.flush()
-    self.copy_now()
 
   def close(self):
     self.inner.close()
@@ -233,10 +229,10 @@ def copier(writer) -> Optional[CopiedToWorkdir]:
 def persist(writer) -> None:
   """What ``writer`` got so far, in the workdir now: flushed, and on a gs:// workdir copied to it (otherwise
   done at most every COPY_EVERY_SECS). The loop calls it with every checkpoint and before it stops."""
-  writer.flush()
+  writer.flush()  # the copier's inner writer too
   copies = copier(writer)
   if copies is not None:
-    copies.persist()
+    copies.copy_now()
 
 
 def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.MetricWriter:
