@@ -422,6 +422,7 @@ def test_worker_training_outlives_its_ssh_session_and_records_how_it_ended(tmp_p
   ssh.stdout.close()
   ssh.stderr.close()
   ssh.wait()
+  _wait_for(lambda: _records(d, 'starts.jsonl'), what='train.py to start')
   (start,) = _records(d, 'starts.jsonl')
   assert start['owner'] == 'tpu:z/p' and start['args'] == ['train.py', '--config', 'configs/tiny.py']
   assert start['sid'] != ssh.pid and _alive(start['pid'])  # its own session, still training
@@ -533,9 +534,12 @@ def test_a_detached_launch_survives_its_machine_a_preemption_and_says_where_it_i
   assert lines[-1].startswith('last end seen by the launcher: exit 0: finished -> the launcher ends (exit 0)')
 
   # Launched again, the finished run is done at once: nothing started.
+  loops_ended = lambda: [e for e in events() if e['event'] == 'loop-ended']  # noqa: E731
+  before = len(loops_ended())
   again = _launch(*args, env=env)
   assert again.returncode == 0, again.stderr
-  _wait_for(lambda: events()[-1]['event'] == 'loop-ended', what='the loop to see the end')
+  _wait_for(lambda: len(loops_ended()) > before, what='the loop to see the end')
+  assert loops_ended()[-1]['code'] == 0 and events()[-2]['event'] == 'ended' and events()[-2]['code'] == 0
   assert len(_records(d, 'starts.jsonl')) == 6
 
   # Another run on the TPU, then stop: the step saved (143), recorded as stopped, so no loop reruns it.
