@@ -143,7 +143,8 @@ class ScriptedGcloud:
       elif argv[4] == 'ssh':
         command = argv[-1]
         names.append('poll' if command == pod.Job.status_command() else 'stop' if command ==
-                     pod.Job.stop_command() else 'start' if ' start ' in command else 'install')
+                     pod.Job.stop_command() else 'terminate' if command == pod.Job.stop_command('terminate')
+                     else 'start' if ' start ' in command else 'install')
       else:
         names.append(argv[4])
     return names
@@ -277,8 +278,9 @@ def test_workers_that_outlive_a_crashed_one_are_stopped(tmp_path, monkeypatch):
   assert pod.launch(the_pod, job, gcloud, max_restarts=2, archive_dir=str(tmp_path), sleep=sleep,
                     log=lambda *_: None, clock=lambda: now[0]) == 0
   steps = gcloud.steps()
-  assert steps.count('stop') >= 1 and steps.index('stop') > steps.index('start')
-  assert steps.count('start') == 2  # the crash (1) decided, not the stopped worker's 143
+  assert steps.count('terminate') == 1 and steps.index('terminate') > steps.index('start')
+  assert 'stop' not in steps  # SIGTERM, not recorded as stopped: the crash decides
+  assert steps.count('start') == 2  # the crash (1) was rerun, not the SIGTERMed worker's 143
 
 
 def test_a_missing_tpu_without_accelerator_type_is_an_error(tmp_path):
@@ -407,7 +409,7 @@ def test_worker_training_outlives_its_ssh_session_and_records_how_it_ended(tmp_p
   """`worker.sh start` from a session like ssh's: that session hung up (SIGHUP to its group) and its output
   closed; train.py goes on in its own session, gets no signal, writes its log, and records its exit status
   and lease owner. `stop` then hands it SIGTERM, recorded as stopped."""
-  d, bin_dir = _fake_dir(tmp_path, [0, 'wait'])
+  d, bin_dir = _fake_dir(tmp_path, [0, "wait", "wait"])
   home = tmp_path / 'home'
   (home / 'rsam').mkdir(parents=True)
   env = dict(os.environ, HOME=str(home), FAKE_GCLOUD_DIR=str(d), FAKE_WORKER='0', FAKE_TRAIN_SECONDS='1.5',
@@ -443,6 +445,13 @@ def test_worker_training_outlives_its_ssh_session_and_records_how_it_ended(tmp_p
   _wait_for(lambda: status()[0] == 'exited', what='the stop')
   assert status() == ['exited', '143', 'tpu:z/p', 'stopped']
   assert [s['signal'] for s in _records(d, 'signals.jsonl')] == [signal.SIGTERM]
+  # terminate (the launcher's, to workers outliving a crashed one): SIGTERM, not recorded as stopped.
+  subprocess.run(['bash', WORKER_SH, 'start', 'tpu:z/p', '--', '--config', 'configs/tiny.py'], env=env,
+                 check=True, capture_output=True)
+  _wait_for(lambda: len(_records(d, 'starts.jsonl')) == 3, what='the third start')
+  subprocess.run(['bash', WORKER_SH, 'terminate'], env=env, check=True, capture_output=True)
+  _wait_for(lambda: status()[0] == 'exited', what='the SIGTERM')
+  assert status() == ['exited', '143', 'tpu:z/p']
 
 
 def test_install_puts_the_runtime_requirements_only_on_the_workers(tmp_path):

@@ -224,8 +224,9 @@ class Job:
     return f'if [ -f {WORKER} ]; then bash {WORKER} status; else echo "rsam-worker $(hostname) none"; fi'
 
   @staticmethod
-  def stop_command() -> str:
-    return f'if [ -f {WORKER} ]; then bash {WORKER} stop; else echo "rsam-worker $(hostname) none"; fi'
+  def stop_command(verb: str = 'stop') -> str:
+    """``stop``: SIGTERM, recorded as stopped (no rerun); ``terminate``: SIGTERM alone."""
+    return f'if [ -f {WORKER} ]; then bash {WORKER} {verb}; else echo "rsam-worker $(hostname) none"; fi'
 
   @staticmethod
   def log_command(lines: int = 20) -> str:
@@ -410,9 +411,9 @@ def launch(pod: Pod, job: Job, runner: Runner, *, max_restarts: int, poll_second
       log(f'# done: train.py finished; results in {job.workdir}')
       return 0
     if why.action == STOP:
-      raise LaunchError(f'train.py ended with {said}: {why.meaning}; not rerun (its `error:` line is in '
-                        f'~/{REMOTE_LOG} on the workers): fix it and launch again, the run resumes from '
-                        f'{job.workdir}')
+      raise LaunchError(f'train.py ended with {said}: {why.meaning}; not rerun (~/{REMOTE_LOG} on the '
+                        f'workers says more; `launch.py status` shows its last lines): launching again '
+                        f'resumes the run from {job.workdir}')
     if why.action == RERUN_ONCE and previous is why:
       raise LaunchError(f'train.py ended twice in a row with {why.meaning} ({said}); not rerun again: '
                         f'see ~/{REMOTE_LOG} on the workers (`launch.py status` shows its last lines)')
@@ -428,7 +429,7 @@ def launch(pod: Pod, job: Job, runner: Runner, *, max_restarts: int, poll_second
 def wait_for_end(pod: Pod, runner: Runner, *, poll_seconds: float, sleep, log,
                  clock: Callable[[], float] = time.time) -> Tuple[Optional[int], Rule]:
   """Polls until training has ended on every worker or the TPU is gone: (exit status or None, its rule)."""
-  first_end = None
+  first_end, terminated = None, False
   failures = 0
   while True:
     sleep(poll_seconds)
@@ -449,9 +450,10 @@ def wait_for_end(pod: Pod, runner: Runner, *, poll_seconds: float, sleep, log,
       return pod_exit(now)
     if now.exited or now.none:
       first_end = first_end if first_end is not None else clock()
-      if clock() - first_end >= STRAGGLER_SECONDS:  # the others wait in a collective that never completes
-        log(f'# {now.summary()} for {STRAGGLER_SECONDS:g} s: stopping the rest')
-        runner(pod.ssh(Job.stop_command()))
+      if clock() - first_end >= STRAGGLER_SECONDS and not terminated:  # in a collective that never ends
+        log(f'# {now.summary()} for {STRAGGLER_SECONDS:g} s: SIGTERM to the rest')
+        runner(pod.ssh(Job.stop_command('terminate')))
+        terminated = True
 
 
 def _check(result: Result, argv: Sequence[str]) -> None:

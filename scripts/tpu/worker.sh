@@ -12,7 +12,9 @@
 #   bash ~/rsam/scripts/tpu/worker.sh status   # one line: rsam-worker HOST running PID OWNER
 #                                              #        or rsam-worker HOST exited CODE OWNER [stopped]
 #                                              #        or rsam-worker HOST none
-#   bash ~/rsam/scripts/tpu/worker.sh stop     # SIGTERM to train.py: it saves its step and exits 143
+#   bash ~/rsam/scripts/tpu/worker.sh stop     # SIGTERM to train.py: it saves its step and exits 143,
+#                                              # recorded as stopped (a launcher does not rerun it)
+#   bash ~/rsam/scripts/tpu/worker.sh terminate   # the same, not recorded as stopped (stragglers)
 set -euo pipefail
 
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -47,7 +49,7 @@ split_env() {
   ARGS=("$@")
 }
 
-command=${1:?usage: worker.sh install|start|status|stop ...}
+command=${1:?usage: worker.sh install|start|status|stop|terminate ...}
 shift
 case "$command" in
   install)
@@ -109,15 +111,15 @@ case "$command" in
   status)
     status
     ;;
-  stop)
+  stop|terminate)  # both: SIGTERM to train.py; stop also records it as stopped (not to be rerun)
     if running; then
-      touch "$STATE.stopping"
+      if [ "$command" = stop ]; then touch "$STATE.stopping"; fi
       kill -TERM "$(cat "$STATE.pid")" 2>/dev/null || true
     fi
     status
     ;;
   *)
-    echo "worker.sh: unknown command '$command'; use install, start, status or stop" >&2
+    echo "worker.sh: unknown command '$command'; use install, start, status, stop or terminate" >&2
     exit 2
     ;;
 esac
