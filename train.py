@@ -46,8 +46,14 @@ def main(argv):
     sys.exit(2)
   # The loop imports TensorFlow (clu, the input pipeline): only once the config is known to be sound.
   from rsam.training.loop import Preempted, train_and_evaluate
+  from rsam.training import writers
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume)
+    naming = None  # the wandb run's names: the application knows the paper's table cells, the trainer not
+    if writers.wandb_wanted(flags.FLAGS.config.get('wandb', {})):
+      from configs import tables
+      naming = tables.wandb_naming(flags.FLAGS.config, config_flags.get_config_filename(flags.FLAGS['config']))
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume,
+                       wandb_naming=naming)
   except (ConfigError, DataError) as e:  # exit codes: README, "Exit codes"
     print(f'error: {e}', file=sys.stderr)
     sys.exit(getattr(e, 'exit_code', 2))

@@ -300,8 +300,9 @@ RUNLOCAL = dict(batch_size=16, eval_batch_size=16, total_steps=2, num_train_exam
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks any config to a few-step CPU run (big_vision's ``runlocal``), keeping its code paths.
 
-  Tiny model of the same family, batch 16 (a multiple of 8 devices), 2 steps, evaluation batch 16, the
-  periodic evaluators (``eval_intervals``) after step 1 and every set at the end,
+  Tiny model of the same family (``model.runlocal_of`` names the full-size one), batch 16 (a multiple of 8
+  devices), 2 steps, evaluation batch 16, the periodic evaluators (``eval_intervals``) after step 1 and
+  every set at the end,
   warm-ups of 1 step (lr and ρ), ImageNet at 32 px with one ImageNet-C corruption × severity, m-sharpness
   groups of 2, ``num_train_examples`` set, and tfds mock data (``data.mock_examples``: random images of the
   dataset's own features through the same pipeline), so it runs on a machine with no dataset. LPF-SGD's M stays
@@ -310,6 +311,9 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   r = RUNLOCAL
   name = c.model.name
   c.model.name = TINY_MODEL.get(name, name)
+  # The model it stands in for: tells apart the smoke runs of cells that differ only in the model
+  # (ResNet-18/50, ViT-B/S), for wandb names and make_tables (configs/tables.py: match).
+  c.model.runlocal_of = name
   if c.model.get('overrides') and 'representation_size' in c.model.overrides:
     c.model.overrides.representation_size = HIDDEN_SIZE[c.model.name]
   c.batch_size, c.eval_batch_size, c.total_steps = r['batch_size'], r['eval_batch_size'], r['total_steps']

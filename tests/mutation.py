@@ -373,6 +373,20 @@ MUTATIONS = (
     M('segments-logged-when-written', 'rsam/training/segments.py', 'if self._copier is not None:',
       'if False:', tests=('tests/test_everyday.py', '-k', 'gcs_workdirs'),
       note="gs:// logged_to counts events still on the machine: a resumed run skips steps the bucket lacks"),
+    # the wandb run's names: handed down by the application (train.py; configs/tables.py: wandb_naming)
+    M('wandb-naming-dropped-by-loop', 'rsam/training/loop.py', '                                            naming=wandb_naming))',
+      '                                            naming=None))',
+      tests=('tests/test_train.py', '-k', 'wandb_offline'),
+      note="the loop drops the application's names: a table cell's run gets a random wandb name and no group"),
+    M('wandb-naming-group-ignored', 'rsam/training/writers.py', "return {'group': wandb_cfg.get('group') or naming.get('group'),",
+      "return {'group': wandb_cfg.get('group'),", tests=('tests/test_everyday.py', '-k', 'identity'),
+      note="the cell's group not used: wandb's group average no longer spans a cell's seeds"),
+    M('wandb-naming-tags-dropped', 'rsam/training/writers.py', "tags = list(naming.get('tags') or ()) + [",
+      'tags = [', tests=('tests/test_everyday.py', '-k', 'identity'),
+      note='the tables that read the run (or the runlocal tag) missing from its tags'),
+    M('wandb-naming-summary-dropped', 'rsam/training/writers.py', "'summary': dict(naming.get('summary') or {})}",
+      "'summary': {}}", tests=('tests/test_everyday.py', '-k', 'identity'),
+      note="the paper's numbers no longer beside ours in the run's summary"),
 )
 
 # The harness's own smoke (tests/test_mutation.py, in CI): one mutation the tests must catch and one

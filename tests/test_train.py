@@ -94,8 +94,10 @@ def runs(compile_cache, tmp_path_factory):
                         'WANDB_DATA_DIR': str(base / 'wandb_data')}.items():
       mp.setenv(name, value)
     try:
-      out['reference_results'] = loop.train_and_evaluate(
-          _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL}), str(out['reference']))
+      from configs import tables
+      reference = _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL})
+      out['reference_results'] = loop.train_and_evaluate(  # names handed down as train.py does
+          reference, str(out['reference']), wandb_naming=tables.wandb_naming(reference))
     finally:
       import wandb
       wandb.teardown()  # stops wandb's service process

@@ -190,6 +190,11 @@ def _identity(config) -> dict:
   return d
 
 
+def identity(config) -> dict:
+  """What makes two configs the same run: every field but BOOKKEEPING, as a JSON-able dict."""
+  return _identity(config)
+
+
 def _diff(a, b, prefix=''):
   keys = sorted(set(a) | set(b)) if isinstance(a, dict) and isinstance(b, dict) else None
   if keys is None:
