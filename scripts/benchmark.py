@@ -1,4 +1,4 @@
-r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
+r"""Benchmark suite: updater step times, memory and compile time, our SAM against optax's, and
 input-pipeline throughput, written as a markdown + JSON report.
 
     python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~15 min, 2 CPU cores)
@@ -979,8 +979,10 @@ def parse_args(argv):
   p.add_argument('--restart_args', default='--config configs/tiny.py',
                  help='the train.py arguments of the --restart measurement')
   p.add_argument('--hash_bytes', type=int, default=1 << 30, help='file size of the hashing measurement')
-  p.add_argument('--out', default=os.path.join('results', 'benchmarks'),
-                 help='folder for benchmark.json and benchmark.md (relative to the repository)')
+  p.add_argument('--out', default='benchmarks_out',
+                 help='folder for benchmark.json and benchmark.md, relative to the repository (default '
+                      'benchmarks_out/, ignored by git; the committed report is results/benchmarks: pass '
+                      '--out results/benchmarks to replace it)')
   p.add_argument('--models', nargs='+', help='model specs (see PRESETS), overriding the preset')
   p.add_argument('--variants', nargs='+', choices=VARIANTS, help="overriding the preset's")
   p.add_argument('--repeats', type=int)
