@@ -165,6 +165,14 @@ def test_killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one(runs)
 
 
 @pytest.mark.slow
+def test_a_run_prints_no_start_up_noise(runs):
+  """A local run's stderr: no TensorFlow oneDNN/absl start-up lines, no credentials lookup."""
+  noise = [line for line in runs['resumed'].stderr.splitlines()
+           if re.search(r'oneDNN|absl::InitializeLog|credentials file|gcloud auth', line)]
+  assert runs['resumed'].returncode == 0 and not noise, runs['resumed'].stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_eval_reproduces_the_accuracy_in_results_json(runs, compile_cache):
   import eval as eval_script
   reference = str(runs['reference'])
