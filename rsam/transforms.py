@@ -328,88 +328,76 @@ def _sharpness_aware(name: str, optimizer, *, key, init_aux, mask, accum_steps, 
   return from_updater(optimizer, updater, key=key, init_aux=init_aux, name=name)
 
 
-# Shared parts of the constructors' docstrings.
-_OPTIONS = """
-    key: an integer seed (any integer type) or a ``jax.random.key``: step t draws its keys from
-      ``fold_in(key, t)``, unless ``update`` gets ``key=``.{key_note}
-    init_aux: None, when ``grad_fn(params, key)`` returns the gradient only; or the aux it returns beside
-      the gradient, ``grad_fn(...) -> (grads, aux)``, before the first step (e.g. ``(jnp.zeros(()),
-      batch_stats)`` for the loss and BatchNorm statistics). It fixes the structure, shapes and dtypes of
-      ``state.aux``, which holds the first pass's aux of the last step.
-    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
-      ``params -> such a pytree`` (as ``optax.masked``). False leaves are not perturbed{mask_noise}; the
-      ascent's norm is taken over the others. E.g. ``lambda p: jax.tree.map(lambda x: x.ndim > 1, p)``
-      leaves biases and normalisation parameters alone. (A function mask under
-      ``optax.inject_hyperparams`` goes in ``static_args``.)
-    accum_steps: None or k >= 1: split ``update(batch=...)`` into k interleaved micro-batches, summed one
-      after another (the memory of one). The ascent still uses the whole batch's gradient: the exact
-      large-batch step. Needs ``batch``.
-    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness, Foret et al.
-      2021 §4.1): each group of m examples of ``update(batch=...)`` gets its own ascent{group_noise}, and
-      the groups' gradients are averaged, with the same result on any number of devices. m must divide
-      the per-device batch (refused otherwise, naming both). Needs ``mesh`` and ``batch``.
-    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
-    batch_axes: with ``m``, the mesh axes that split the batch, a name or a tuple of names. None (the
-      default): every axis of the mesh; on a mesh with a model-parallel axis name the data axes, e.g.
-      ``'data'``.
-    group_mode: with ``m``, how a device runs its groups: 'auto' ('unroll' on CPU, else 'loop'), 'loop'
-      (one after another, the memory of one group), 'unroll' or 'vmap' (all at once).
-    eps: ε added to norms, so a zero gradient stays finite."""
-
-
-def _doc(key_note: str = '', noise: bool = False) -> str:
-  return _OPTIONS.format(
-      key_note=key_note,
-      mask_noise=' and get no noise' if noise else '',
-      group_noise=' (and its own noise)' if noise else '')
-
-
-_KEY_OPTIONAL = (' Optional: SAM draws nothing, the key only feeds grad_fn\'s dropout key. Without it,\n'
-                 '      grad_fn gets ``fold_in(jax.random.key(0), t)``, the same in every run.')
-_KEY_REQUIRED = (' Required: the noise comes from it, and a default would give every run the same\n'
-                 '      noise. None: every ``update`` call passes ``key=``.')
-
-_RETURNS = """
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
-    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=`` (and optionally
-    ``key=``, ``batch=``): see the module docstring."""
+# The constructors. Each docstring states the method's equations, every argument, the return value and
+# the references; the options shared by all (key, init_aux, mask, accum_steps, m, mesh, batch_axes,
+# group_mode, eps) read the same in each, so that help() on any one of them is complete.
 
 
 def sam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, key: Optional[Key] = None,
         init_aux: PyTree = None, mask: Any = None, accum_steps: Optional[int] = None, m: Optional[int] = None,
         mesh: Optional[jax.sharding.Mesh] = None, batch_axes: Union[None, str, Sequence[str]] = None,
         group_mode: str = 'auto', eps: float = T.EPS) -> optax.GradientTransformationExtraArgs:
-  return _sharpness_aware('sam', optimizer, rho=rho, key=key, init_aux=init_aux, mask=mask,
-                          accum_steps=accum_steps, m=m, mesh=mesh, batch_axes=batch_axes,
-                          group_mode=group_mode, eps=eps)
-
-
-sam.__doc__ = r"""Sharpness-Aware Minimization (SAM).
+  r"""Sharpness-Aware Minimization (SAM).
 
   The base optimizer gets the gradient at the point of highest loss within radius ρ, to first order::
 
     g = ∇L(w),   w_adv = w + ρ_t g / (‖g‖ + ε),   g_sam = ∇L(w_adv)
 
-  Two gradient evaluations per step. ``optax.contrib.sam`` in opaque mode with ``adv_optimizer =
-  chain(normalize(), sgd(rho))`` computes the same, but for ε and the order of the float operations.
+  Two gradient evaluations per step. ``optax.contrib.sam`` in opaque mode with
+  ``adv_optimizer = chain(normalize(), sgd(rho))`` computes the same, but for ε and the order of the
+  float operations.
 
   Example::
 
-    tx = rsam.transforms.sam(optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9)),
-                             rho=0.05)
-    updates, opt_state = tx.update(grads, opt_state, params, grad_fn=lambda p, _: jax.grad(loss)(p, batch))
+    base = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
+    tx = rsam.transforms.sam(base, rho=0.05)
+    grad_fn = lambda p, key: jax.grad(loss)(p, batch)
+    updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
 
   Args:
-    optimizer: the base optax transform that turns g_sam into the update (any chain: put clipping and
-      weight decay here, inside).
-    rho: ρ >= 0, the ascent radius: a float, an array or a schedule of the step t
-      (``rsam.lr_tied_rho`` ties it to the learning rate).""" + _doc(_KEY_OPTIONAL) + _RETURNS + """
+    optimizer: the base optax transform that turns g_sam into the update. Any chain: clipping, weight
+      decay, ``optax.apply_if_finite`` and ``optax.MultiSteps`` go here, inside. Chained after another
+      transform, or wrapped by apply_if_finite, MultiSteps or ``optax.masked``, the transform refuses to
+      run (the module docstring shows why, and the pattern to use).
+    rho: ρ >= 0, the ascent radius: a float, an array or a schedule of the step t (``rsam.lr_tied_rho``
+      ties it to the learning rate).
+    key: optional: SAM draws nothing, the key only feeds grad_fn's dropout key. An integer seed (any
+      integer type) or a ``jax.random.key``; step t uses ``fold_in(key, t)`` unless ``update`` gets
+      ``key=``. Without it grad_fn gets ``fold_in(jax.random.key(0), t)``, the same in every run.
+    init_aux: None when ``grad_fn(params, key)`` returns the gradient only; else the aux it returns
+      beside it, ``grad_fn(...) -> (grads, aux)``, as it is before the first step (e.g.
+      ``(jnp.zeros(()), batch_stats)`` for the loss and BatchNorm statistics). It fixes the structure,
+      shapes and dtypes of ``state.aux``, which holds the aux of the first pass (at w) of the last step.
+    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
+      ``params -> such a pytree`` (as ``optax.masked``). False leaves are not perturbed, and the ascent's
+      norm is taken over the others; e.g. ``lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`` leaves
+      biases and normalisation parameters alone.
+    accum_steps: None or k >= 1: ``update(batch=...)`` is split into k interleaved micro-batches whose
+      gradients are summed one after another (the memory of one). The ascent still uses the whole
+      batch's gradient: the exact large-batch step.
+    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness): each group of
+      m examples of ``update(batch=...)`` gets its own ascent and the groups' gradients are averaged, with
+      the same result on any number of devices. m must divide the per-device batch (refused otherwise,
+      naming both). Needs ``mesh``.
+    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: with ``m``, the mesh axes that split the batch (a name or a tuple of names). None, the
+      default: every axis of the mesh; on a mesh with a model-parallel axis, name the data axes.
+    group_mode: with ``m``, how a device runs its groups: 'auto' ('unroll' on CPU, else 'loop'), 'loop'
+      (one after another: the memory of one group), 'unroll' or 'vmap' (all at once).
+    eps: ε added to norms, so that a zero gradient stays finite.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
+    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=``, and optionally
+    ``key=`` and ``batch=`` (the module docstring).
 
   References:
     Foret, Kleiner, Mobahi and Neyshabur, `Sharpness-Aware Minimization for Efficiently Improving
-    Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021 (eq. 2-3; m-sharpness §4.1).
+    Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021 (eq. 2-3; m-sharpness: §4.1).
   """
+  return _sharpness_aware('sam', optimizer, rho=rho, key=key, init_aux=init_aux, mask=mask,
+                          accum_steps=accum_steps, m=m, mesh=mesh, batch_axes=batch_axes,
+                          group_mode=group_mode, eps=eps)
 
 
 def asam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, eta: ScalarOrSchedule = 0.01,
@@ -417,36 +405,63 @@ def asam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, eta:
          mask: Any = None, accum_steps: Optional[int] = None, m: Optional[int] = None,
          mesh: Optional[jax.sharding.Mesh] = None, batch_axes: Union[None, str, Sequence[str]] = None,
          group_mode: str = 'auto', eps: float = T.EPS) -> optax.GradientTransformationExtraArgs:
-  return _sharpness_aware('asam', optimizer, rho=rho, adaptive=True, eta=eta, scale_biases=scale_biases,
-                          rules=rules, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps, m=m,
-                          mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)
+  r"""Adaptive SAM (ASAM): SAM's ascent made invariant to the scale of each weight.
 
-
-asam.__doc__ = r"""Adaptive SAM (ASAM): SAM's ascent made invariant to the scale of each weight.
-
-  With T_w = |w| + η on weights and T_w = 1 on the other leaves (elementwise)::
+  With T_w = |w| + η on the weights and T_w = 1 on the other leaves (elementwise)::
 
     g = ∇L(w),   w_adv = w + ρ_t T_w² g / (‖T_w g‖ + ε),   g_asam = ∇L(w_adv)
 
-  This is the authors' code (SamsungLabs/ASAM, p = 2): it scales the parameters whose PyTorch name holds
-  'weight' and leaves biases at T = 1. Which leaves are weights is ``rules.is_weight`` (Flax's ``kernel``,
-  ``scale``, ``embedding`` by default; ``rsam.leaf_rules.HAIKU``, ``PYTORCH`` for other trees). A tree with
-  no weight under ``rules`` would make ASAM plain SAM at ASAM's large ρ, and is refused. davda54/sam's
-  ``adaptive=True`` is ``eta=0, scale_biases=True``.
+  As the authors' code (SamsungLabs/ASAM, p = 2), which scales the parameters whose PyTorch name holds
+  'weight' and leaves biases at T = 1. Which leaves are weights is ``rules.is_weight``: Flax's
+  ``kernel``, ``scale`` and ``embedding`` by default, ``rsam.leaf_rules.HAIKU`` or ``PYTORCH`` (also
+  equinox) for other trees. A tree with no weight under ``rules`` would make ASAM plain SAM at ASAM's
+  large ρ: it is refused. davda54/sam's ``adaptive=True`` is ``eta=0, scale_biases=True``.
+
+  Example::
+
+    tx = rsam.transforms.asam(optax.sgd(0.1, momentum=0.9), rho=0.5, rules=rsam.leaf_rules.HAIKU)
 
   Args:
-    optimizer: the base optax transform that turns g_asam into the update.
-    rho: ρ >= 0, a float, an array or a schedule; ASAM's ρ is larger than SAM's (0.5 on CIFAR-10 in the
-      authors' README, 1.0 on CIFAR-100).
-    eta: η >= 0 in T_w = |w| + η (the authors' code: 0.01), so a zero weight is still perturbed.
+    optimizer: the base optax transform that turns g_asam into the update. Any chain: clipping, weight
+      decay, ``optax.apply_if_finite`` and ``optax.MultiSteps`` go here, inside. Chained after another
+      transform, or wrapped by apply_if_finite, MultiSteps or ``optax.masked``, the transform refuses to
+      run (the module docstring shows why, and the pattern to use).
+    rho: ρ >= 0, a float, an array or a schedule of the step. ASAM's ρ is larger than SAM's (the
+      authors' README: 0.5 on CIFAR-10, 1.0 on CIFAR-100).
+    eta: η >= 0 in T_w = |w| + η (the authors' code: 0.01), so that a zero weight is still perturbed.
     scale_biases: scale every leaf, not only the weights.
-    rules: a ``rsam.LeafRules``: which leaves are weights (``rsam.leaf_rules``).""" + _doc(_KEY_OPTIONAL) + \
-    _RETURNS + """
+    rules: a ``rsam.LeafRules`` saying which leaves are weights (``rsam.leaf_rules``).
+    key: optional: ASAM draws nothing, the key only feeds grad_fn's dropout key. An integer seed (any
+      integer type) or a ``jax.random.key``; step t uses ``fold_in(key, t)`` unless ``update`` gets
+      ``key=``. Without it grad_fn gets ``fold_in(jax.random.key(0), t)``, the same in every run.
+    init_aux: None when ``grad_fn(params, key)`` returns the gradient only; else the aux it returns
+      beside it, ``grad_fn(...) -> (grads, aux)``, as it is before the first step. It fixes the
+      structure, shapes and dtypes of ``state.aux``, which holds the aux of the first pass (at w) of the
+      last step.
+    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
+      ``params -> such a pytree``. False leaves are not perturbed, and the ascent's norm is taken over the
+      others.
+    accum_steps: None or k >= 1: ``update(batch=...)`` is split into k interleaved micro-batches whose
+      gradients are summed one after another; the ascent uses the whole batch's gradient.
+    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness); m must
+      divide the per-device batch. Needs ``mesh`` and ``update(batch=...)``.
+    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: with ``m``, the mesh axes that split the batch; None, the default: every axis.
+    group_mode: with ``m``, how a device runs its groups: 'auto', 'loop', 'unroll' or 'vmap'.
+    eps: ε added to norms, so that a zero gradient stays finite.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
+    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=``, and optionally
+    ``key=`` and ``batch=`` (the module docstring).
 
   References:
     Kwon, Kim, Park and Choi, `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of
     Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, ICML 2021 (Algorithm 1).
   """
+  return _sharpness_aware('asam', optimizer, rho=rho, adaptive=True, eta=eta, scale_biases=scale_biases,
+                          rules=rules, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps, m=m,
+                          mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)
 
 
 def rsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, gamma: ScalarOrSchedule,
@@ -455,46 +470,69 @@ def rsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, gamm
          m: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
          batch_axes: Union[None, str, Sequence[str]] = None, group_mode: str = 'auto',
          eps: float = T.EPS) -> optax.GradientTransformationExtraArgs:
-  return _sharpness_aware('rsam', optimizer, rho=rho, gamma=gamma, lam=lam, rules=rules,
-                          clean_loss=clean_loss, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps,
-                          m=m, mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)
-
-
-rsam.__doc__ = r"""Random Sharpness-Aware Minimization (R-SAM).
+  r"""Random Sharpness-Aware Minimization (R-SAM).
 
   The ascent starts from a random point: kernel-wise Gaussian noise smooths the loss before SAM's
   gradient step (Algorithm 1, eq. 6-7)::
 
-    δ0 ~ N(0, (γ_t ‖w_j‖)²) for the weights of kernel j,   ĝ = ∇L(w + δ0),
+    δ0 ~ N(0, (γ_t ‖w_j‖)²) on the weights of kernel j,   ĝ = ∇L(w + δ0),
     w_adv = w + ρ_t (δ0 + λ ĝ) / (‖δ0 + λ ĝ‖ + ε),          g_rsam = ∇L(w_adv)
 
-  Two gradient evaluations per step, as SAM. Kernel j is one output unit's slice of a weight
-  (``rules.output_axis``: Flax's last axis by default). δ0 is drawn from the step's key
-  (``rsam.kernelwise_noise``); the aux of the ĝ pass goes to ``state.aux``. γ = 0 is SAM. The official
-  ViT-B/16 values: ρ tied to the learning rate, 2.5 -> 1.5 (``rsam.lr_tied_rho`` with a 10k-step warm-up
-  branch), λ = 2, γ rising from 5e-4 to 2.5e-3 on a cosine (``rsam.cosine_increase``).
+  Two gradient evaluations per step, as SAM; γ = 0 is SAM. Kernel j is one output unit's slice of a
+  weight (``rules.output_axis``: the last axis for Flax and haiku, 0 for PyTorch and equinox). δ0 is
+  drawn from the step's key (``rsam.kernelwise_noise``). The official ViT-B/16 values: ρ tied to the
+  learning rate from 2.5 to 1.5 (``rsam.lr_tied_rho`` with a 10k-step warm-up branch), λ = 2, γ rising
+  from 5e-4 to 2.5e-3 on a cosine (``rsam.cosine_increase``).
 
   Example::
 
-    tx = rsam.transforms.rsam(optax.adamw(1e-3), rho=0.05, lam=2.0, key=0,
-                              gamma=rsam.cosine_increase(5e-4, 5.0, total_steps))
+    gamma = rsam.cosine_increase(5e-4, 5.0, total_steps)
+    tx = rsam.transforms.rsam(optax.adamw(1e-3), rho=0.05, gamma=gamma, lam=2.0, key=seed)
 
   Args:
-    optimizer: the base optax transform that turns g_rsam into the update.
-    rho: ρ >= 0, the ascent radius: a float, an array or a schedule.
-    gamma: γ >= 0, the noise scale relative to each kernel's norm: a float, an array or a schedule.
-    lam: λ >= 0, the weight of the gradient against the noise in the ascent direction (the raw gradient,
-      as the official code).""" + _doc(_KEY_REQUIRED, noise=True) + """
-    rules: a ``rsam.LeafRules``: which axis of a kernel indexes its outputs (``rsam.leaf_rules``:
-      ``FLAX``, ``HAIKU``: last; ``PYTORCH`` and equinox: 0).
+    optimizer: the base optax transform that turns g_rsam into the update. Any chain: clipping, weight
+      decay, ``optax.apply_if_finite`` and ``optax.MultiSteps`` go here, inside. Chained after another
+      transform, or wrapped by apply_if_finite, MultiSteps or ``optax.masked``, the transform refuses to
+      run (the module docstring shows why, and the pattern to use).
+    rho: ρ >= 0, the ascent radius: a float, an array or a schedule of the step.
+    gamma: γ >= 0, the noise's scale relative to each kernel's norm: a float, an array or a schedule.
+    lam: λ >= 0, the weight of the gradient against the noise in the ascent direction (on the raw
+      gradient, as the official code): a float, an array or a schedule.
+    key: REQUIRED, as the noise comes from it (a default would give every run the same noise): an integer
+      seed (any integer type) or a ``jax.random.key``; step t uses ``fold_in(key, t)`` unless ``update``
+      gets ``key=``. None: every ``update`` call passes ``key=``.
+    init_aux: None when ``grad_fn(params, key)`` returns the gradient only; else the aux it returns
+      beside it, ``grad_fn(...) -> (grads, aux)``, as it is before the first step (e.g.
+      ``(jnp.zeros(()), batch_stats)``). It fixes the structure, shapes and dtypes of ``state.aux``,
+      which holds the aux of the first pass (at w + δ0) of the last step.
+    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
+      ``params -> such a pytree``. False leaves get no noise and are not perturbed; the ascent's norm is
+      taken over the others.
+    rules: a ``rsam.LeafRules`` saying which axis of a kernel indexes its outputs (``rsam.leaf_rules``).
     clean_loss: also evaluate the loss at w (a third, forward-only pass) into
-      ``sam_diagnostics['loss_clean']``, for monitoring.""" + _RETURNS + """
+      ``sam_diagnostics['loss_clean']``, for monitoring.
+    accum_steps: None or k >= 1: ``update(batch=...)`` is split into k interleaved micro-batches whose
+      gradients are summed one after another; the ascent uses the whole batch's gradient.
+    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness), each group
+      with its own noise; m must divide the per-device batch. Needs ``mesh`` and ``update(batch=...)``.
+    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: with ``m``, the mesh axes that split the batch; None, the default: every axis.
+    group_mode: with ``m``, how a device runs its groups: 'auto', 'loop', 'unroll' or 'vmap'.
+    eps: ε added to norms, so that a zero gradient stays finite.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
+    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=``, and optionally
+    ``key=`` and ``batch=`` (the module docstring).
 
   References:
     Liu, Mai, Cheng, Chen, Hsieh and You, Random Sharpness-Aware Minimization, NeurIPS 2022 (Algorithm 1).
     Foret, Kleiner, Mobahi and Neyshabur, `Sharpness-Aware Minimization for Efficiently Improving
     Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
   """
+  return _sharpness_aware('rsam', optimizer, rho=rho, gamma=gamma, lam=lam, rules=rules,
+                          clean_loss=clean_loss, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps,
+                          m=m, mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)
 
 
 def gsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, alpha: ScalarOrSchedule,
@@ -502,31 +540,59 @@ def gsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, alph
          accum_steps: Optional[int] = None, m: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
          batch_axes: Union[None, str, Sequence[str]] = None, group_mode: str = 'auto',
          eps: float = T.EPS) -> optax.GradientTransformationExtraArgs:
-  return _sharpness_aware('gsam', optimizer, rho=rho, alpha=alpha, key=key, init_aux=init_aux, mask=mask,
-                          accum_steps=accum_steps, m=m, mesh=mesh, batch_axes=batch_axes,
-                          group_mode=group_mode, eps=eps)
-
-
-gsam.__doc__ = r"""Surrogate Gap Guided SAM (GSAM).
+  r"""Surrogate Gap Guided SAM (GSAM).
 
   SAM's gradient minus α times the part of the clean gradient orthogonal to it (Algorithm 1)::
 
     g = ∇L(w),   g_adv = ∇L(w + ρ_t g / (‖g‖ + ε)),
     g_gsam = g_adv − α g_⊥,   g_⊥ = g − (⟨g, g_adv⟩ / ‖g_adv‖²) g_adv
 
-  α = 0 is SAM. GSAM ties ρ to the learning rate (``rsam.lr_tied_rho``; Table 4: ρ 0.6 -> 0.2 and
-  α = 0.4 on ViT-B/16).
+  α = 0 is SAM. GSAM ties ρ to the learning rate (``rsam.lr_tied_rho``; its Table 4: ρ from 0.6 to 0.2
+  and α = 0.4 on ViT-B/16).
+
+  Example::
+
+    rho = rsam.lr_tied_rho(lr, rho_max=0.6, rho_min=0.2, lr_max=3e-3, lr_min=3e-5)
+    tx = rsam.transforms.gsam(optax.adamw(lr), rho=rho, alpha=0.4)
 
   Args:
-    optimizer: the base optax transform that turns g_gsam into the update.
-    rho: ρ >= 0, a float, an array or a schedule.
-    alpha: α >= 0, the weight of the orthogonal component: a float, an array or a schedule.""" + \
-    _doc(_KEY_OPTIONAL) + _RETURNS + """
+    optimizer: the base optax transform that turns g_gsam into the update. Any chain: clipping, weight
+      decay, ``optax.apply_if_finite`` and ``optax.MultiSteps`` go here, inside. Chained after another
+      transform, or wrapped by apply_if_finite, MultiSteps or ``optax.masked``, the transform refuses to
+      run (the module docstring shows why, and the pattern to use).
+    rho: ρ >= 0, a float, an array or a schedule of the step.
+    alpha: α >= 0, the weight of the orthogonal component: a float, an array or a schedule.
+    key: optional: GSAM draws nothing, the key only feeds grad_fn's dropout key. An integer seed (any
+      integer type) or a ``jax.random.key``; step t uses ``fold_in(key, t)`` unless ``update`` gets
+      ``key=``. Without it grad_fn gets ``fold_in(jax.random.key(0), t)``, the same in every run.
+    init_aux: None when ``grad_fn(params, key)`` returns the gradient only; else the aux it returns
+      beside it, ``grad_fn(...) -> (grads, aux)``, as it is before the first step. It fixes the
+      structure, shapes and dtypes of ``state.aux``, which holds the aux of the first pass (at w) of the
+      last step.
+    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
+      ``params -> such a pytree``. False leaves are not perturbed, and the ascent's norm is taken over the
+      others.
+    accum_steps: None or k >= 1: ``update(batch=...)`` is split into k interleaved micro-batches whose
+      gradients are summed one after another; the ascent uses the whole batch's gradient.
+    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness); m must
+      divide the per-device batch. Needs ``mesh`` and ``update(batch=...)``.
+    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: with ``m``, the mesh axes that split the batch; None, the default: every axis.
+    group_mode: with ``m``, how a device runs its groups: 'auto', 'loop', 'unroll' or 'vmap'.
+    eps: ε added to norms, so that a zero gradient stays finite.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
+    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=``, and optionally
+    ``key=`` and ``batch=`` (the module docstring).
 
   References:
     Zhuang, Gong, Yuan, Cui, Adam, Dvornek, Tatikonda, Duncan and Liu, `Surrogate Gap Guided
     Sharpness-Aware Minimization <https://arxiv.org/abs/2203.08065>`_, ICLR 2022 (Algorithm 1).
   """
+  return _sharpness_aware('gsam', optimizer, rho=rho, alpha=alpha, key=key, init_aux=init_aux, mask=mask,
+                          accum_steps=accum_steps, m=m, mesh=mesh, batch_axes=batch_axes,
+                          group_mode=group_mode, eps=eps)
 
 
 def rgsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, gamma: ScalarOrSchedule,
@@ -535,32 +601,59 @@ def rgsam(optimizer: optax.GradientTransformation, *, rho: ScalarOrSchedule, gam
           accum_steps: Optional[int] = None, m: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
           batch_axes: Union[None, str, Sequence[str]] = None, group_mode: str = 'auto',
           eps: float = T.EPS) -> optax.GradientTransformationExtraArgs:
-  return _sharpness_aware('rgsam', optimizer, rho=rho, gamma=gamma, lam=lam, alpha=alpha, rules=rules,
-                          clean_loss=clean_loss, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps,
-                          m=m, mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)
-
-
-rgsam.__doc__ = r"""R-GSAM: R-SAM's random ascent, then GSAM's decomposition.
+  r"""R-GSAM: R-SAM's random ascent, then GSAM's decomposition.
 
   With R-SAM's first-pass gradient ĝ = ∇L(w + δ0) and its ascent point w_adv (``rsam``)::
 
     g_adv = ∇L(w_adv),   g_rgsam = g_adv − α (ĝ − (⟨ĝ, g_adv⟩ / ‖g_adv‖²) g_adv)
 
-  The paper (§4.5) publishes no code for it: this is the direct composition. γ = 0 is GSAM; α = 0 is
-  R-SAM.
+  The R-SAM paper (§4.5) publishes no code for it: this is the direct composition. γ = 0 is GSAM; α = 0
+  is R-SAM.
+
+  Example::
+
+    tx = rsam.transforms.rgsam(optax.adamw(1e-3), rho=0.6, gamma=5e-4, lam=2.0, alpha=0.4, key=seed)
 
   Args:
-    optimizer: the base optax transform that turns g_rgsam into the update.
-    rho: ρ >= 0, a float, an array or a schedule.
-    gamma: γ >= 0, the noise scale: a float, an array or a schedule.
-    lam: λ >= 0, the weight of the gradient in the ascent direction.
-    alpha: α >= 0, the weight of the orthogonal component.""" + _doc(_KEY_REQUIRED, noise=True) + """
-    rules: a ``rsam.LeafRules``: which axis of a kernel indexes its outputs (``rsam.leaf_rules``).
+    optimizer: the base optax transform that turns g_rgsam into the update. Any chain: clipping, weight
+      decay, ``optax.apply_if_finite`` and ``optax.MultiSteps`` go here, inside. Chained after another
+      transform, or wrapped by apply_if_finite, MultiSteps or ``optax.masked``, the transform refuses to
+      run (the module docstring shows why, and the pattern to use).
+    rho: ρ >= 0, a float, an array or a schedule of the step.
+    gamma: γ >= 0, the noise's scale relative to each kernel's norm: a float, an array or a schedule.
+    lam: λ >= 0, the weight of the gradient in the ascent direction: a float, an array or a schedule.
+    alpha: α >= 0, the weight of the orthogonal component: a float, an array or a schedule.
+    key: REQUIRED, as the noise comes from it (a default would give every run the same noise): an integer
+      seed (any integer type) or a ``jax.random.key``; step t uses ``fold_in(key, t)`` unless ``update``
+      gets ``key=``. None: every ``update`` call passes ``key=``.
+    init_aux: None when ``grad_fn(params, key)`` returns the gradient only; else the aux it returns
+      beside it, ``grad_fn(...) -> (grads, aux)``, as it is before the first step. It fixes the
+      structure, shapes and dtypes of ``state.aux``, which holds the aux of the first pass (at w + δ0) of
+      the last step.
+    mask: None (every leaf takes part in the ascent), a pytree of bools like params, or a function
+      ``params -> such a pytree``. False leaves get no noise and are not perturbed.
+    rules: a ``rsam.LeafRules`` saying which axis of a kernel indexes its outputs (``rsam.leaf_rules``).
     clean_loss: also evaluate the loss at w (a third, forward-only pass) into
-      ``sam_diagnostics['loss_clean']``.""" + _RETURNS + """
+      ``sam_diagnostics['loss_clean']``.
+    accum_steps: None or k >= 1: ``update(batch=...)`` is split into k interleaved micro-batches whose
+      gradients are summed one after another; the ascent uses the whole batch's gradient.
+    m: None (one ascent for the whole batch) or the examples per ascent group (m-sharpness), each group
+      with its own noise; m must divide the per-device batch. Needs ``mesh`` and ``update(batch=...)``.
+    mesh: with ``m``, the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: with ``m``, the mesh axes that split the batch; None, the default: every axis.
+    group_mode: with ``m``, how a device runs its groups: 'auto', 'loop', 'unroll' or 'vmap'.
+    eps: ε added to norms, so that a zero gradient stays finite.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState`` (``sam_step``,
+    ``inner_state``, ``aux``, ``sam_diagnostics``). Its ``update`` takes ``grad_fn=``, and optionally
+    ``key=`` and ``batch=`` (the module docstring).
 
   References:
     Liu, Mai, Cheng, Chen, Hsieh and You, Random Sharpness-Aware Minimization, NeurIPS 2022 (§4.5).
     Zhuang et al., `Surrogate Gap Guided Sharpness-Aware Minimization
     <https://arxiv.org/abs/2203.08065>`_, ICLR 2022.
   """
+  return _sharpness_aware('rgsam', optimizer, rho=rho, gamma=gamma, lam=lam, alpha=alpha, rules=rules,
+                          clean_loss=clean_loss, key=key, init_aux=init_aux, mask=mask, accum_steps=accum_steps,
+                          m=m, mesh=mesh, batch_axes=batch_axes, group_mode=group_mode, eps=eps)

@@ -500,7 +500,7 @@ def test_optax_wrappers_work_where_they_can_and_are_refused_where_they_cannot():
     ms = optax.MultiSteps(transforms.sam(optax.sgd(1.0), rho=0.2), 2)
     ms.update(g, ms.init(params), params, grad_fn=gf)
   tx = transforms.sam(optax.MultiSteps(optax.sgd(1.0), 2), rho=0.2)
-  state, p, grads = tx.init(params), params, []
+  state, grads = tx.init(params), []
   for b in (make_batch(5), make_batch(6)):
     grads.append(sam_gradient(params, b, 0.2))
     u, state = tx.update(None, state, params, grad_fn=grad_fn_of(b))

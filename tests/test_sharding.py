@@ -13,7 +13,6 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import rsam
 from configs import tiny
 from rsam import tree as T
 from rsam.noise import kernelwise_noise

@@ -16,9 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-import rsam
-from rsam.training import factory
-from rsam.training import optim
+from rsam.training import factory, optim
 from tests.test_updaters import (assert_tree_close, flat, make_problem, np_asam_point, np_decompose,
                                  np_grad, np_loss, np_noise, np_sam_point, run, tmap)
 

@@ -1,7 +1,8 @@
 """One factory: an updater config (ml_collections) -> an updater. The training loop never branches on names.
 
-It belongs to the training repo (it reads ml_collections configs), not to the installed library: configs,
-train.py and the trainer import it as ``rsam.training.factory``. Its schedules count steps as the official
+It belongs to the training repo (it reads ml_collections configs), not to the installed library: the
+configs (configs/common.py) and the trainer (config_check.py, train_step.py) import it as
+``rsam.training.factory``. Its schedules count steps as the official
 R-SAM loop does (``one_based=True``, rsam/schedules.py), so the configs follow the official code.
 
 Every constant is a field; the defaults are the official values (sources in
