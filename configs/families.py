@@ -27,7 +27,7 @@ decay to 0 without warm-up [SAM]:
 - rsam (on SGD+M): ρ = SAM's (constant), λ 2, γ0 5e-4 growing ×5 **(ours: official ViT λ/γ, SAM's ρ)**.
 - asam (on SGD+M): ρ 0.5 (C-10) / 1.0 (C-100), η 0.01, biases unscaled [ASAM: the README's commands,
   asam.py's class defaults; its example_cifar.py's own --eta flag defaults to 0]. davda54/sam's variant
-  (T = |w| on every leaf, ρ 2.0) is ``eta=0, scale_biases=True`` (rsam/factory.py).
+  (T = |w| on every leaf, ρ 2.0) is ``eta=0, scale_biases=True`` (rsam/training/factory.py).
 - gsam / rgsam (on SGD+M): ρ = SAM's (constant), α 0.4 [GSAM B/16] (+ R-SAM's λ/γ) **(ours; these are in
   no CIFAR table of the paper)**.
 
@@ -274,7 +274,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
     c.updater.update(rho_schedule='constant', rho=rho, rho_max=rho, rho_min=rho)
   elif updater in ('gsam', 'rgsam'):
     c.updater.update(GSAM_VIT.get(model, GSAM_VIT['vit_b16']))
-  # rsam keeps the factory defaults: the official values (rsam/factory.py).
+  # rsam keeps the factory defaults: the official values (rsam/training/factory.py).
   overrides = {'rho_max': rho_max, 'rho_min': rho_min, 'lam': lam}
   for key, value in overrides.items():
     if value is None:

@@ -9,7 +9,7 @@ What is measured, and how
 -------------------------
 Step time. For each model (a CIFAR ResNet and a small ViT by default) every variant
 
-    sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam.factory defaults), sam_grouped (SAM with
+    sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam/training/factory.py defaults), sam_grouped (SAM with
     m-sharpness groups of ``--m`` examples, rsam.msharpness.PerGroup in the backend's default mode),
     sam_grouped_vmap (the same with the groups batched, mode 'vmap'), optax_sam (optax.contrib.sam,
     opaque mode, with the same base optimizer and ρ as ``sam``), rsam_fused_noise (an ablation: R-SAM
