@@ -6,8 +6,6 @@ rsam/training/optim.py, updater fields in rsam/training/factory.py, the rest in 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from rsam.training import factory
-
 
 def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -17,6 +15,7 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': placeholder(str),
                                       'num_train_examples': placeholder(int)})
   c.model = ml_collections.ConfigDict({'name': 'resnet18', 'overrides': {}})
+  from rsam.training import factory  # imports JAX: only once a config argument is known to be sound
   c.updater = factory.updater_config(updater)
   c.optimizer = ml_collections.ConfigDict({
       'name': 'momentum', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 5e-4,
