@@ -480,7 +480,7 @@ MUTATIONS = (
       'updater = SharpnessAware(mask=mask, accum_steps=1,', note='the transform drops accum_steps='),
     M('lib-negative-allowed', 'rsam/checks.py', '  if not np.all(array >= 0):\n', '  if False:\n',
       note='negative ρ, γ, λ, α accepted'),
-    M('lib-infinite-allowed', 'rsam/checks.py', '  if not np.all(np.isfinite(array)):\n', '  if False:\n',
+    M('lib-infinite-allowed', 'rsam/checks.py', '  if not np.all(np.isfinite(array)):', '  if False:',
       note='an infinite ρ or γ accepted (the parameters become NaN at the first step)'),
     M('lib-masked-refusal-names-masked-base', 'rsam/transforms.py',
       "f\"of the ascent, and {name}(optax.multi_transform({{'train': base, 'frozen': \"",
