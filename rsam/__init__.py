@@ -18,6 +18,7 @@ The library needs JAX and optax only. The training repo's config factory lives i
 checkout), not in this package.
 """
 import importlib
+from typing import TYPE_CHECKING
 
 # Every name loads its module on first use (PEP 562), so `import rsam` alone imports no JAX: train.py's
 # flag errors answer before JAX starts, and `rsam.transforms` loads jax and optax only when used.
@@ -32,6 +33,16 @@ _SUBMODULES = ('transforms', 'leaf_rules', 'schedules', 'updaters', 'noise', 'ms
 
 # The one version number (pyproject.toml reads it; CHANGELOG.md has a section per version).
 __version__ = '0.2.0'
+
+# What type checkers and IDEs read (py.typed): the lazy names' real types, not the Any of __getattr__.
+if TYPE_CHECKING:
+  from rsam import checks, errors, leaf_rules, msharpness, noise, schedules, transforms, tree, updaters
+  from rsam.errors import ConfigError
+  from rsam.leaf_rules import LeafRules
+  from rsam.msharpness import PerGroup
+  from rsam.noise import kernel_scale, kernelwise_noise
+  from rsam.schedules import cosine_increase, lr_tied_rho
+  from rsam.updaters import LPFSGD, Plain, SharpnessAware, UpdateResult
 
 __all__ = [
     'ConfigError', 'PerGroup', 'kernel_scale', 'kernelwise_noise', 'cosine_increase', 'lr_tied_rho',

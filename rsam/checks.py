@@ -23,7 +23,8 @@ def concrete(value: Any) -> Optional[np.ndarray]:
 
 
 def check_non_negative(name: str, value: Any, what: str) -> None:
-  """ValueError unless ``value`` (a number, an array, a schedule or a traced value) is >= 0 where known."""
+  """ValueError unless ``value`` (a number, an array, a schedule or a traced value) is finite and >= 0 where
+  known."""
   array = concrete(value)
   if array is None:
     return
@@ -32,6 +33,8 @@ def check_non_negative(name: str, value: Any, what: str) -> None:
     raise TypeError(f'{name}={value!r} must be a number, an array or a schedule (a function of the step)')
   if not np.all(array >= 0):
     raise ValueError(f'{name}={value!r} must be >= 0 ({what}); pass a non-negative {name}')
+  if not np.all(np.isfinite(array)):  # an infinite ρ or γ makes the parameters NaN at the first step
+    raise ValueError(f'{name}={value!r} must be finite ({what}); pass a finite {name}')
 
 
 def static_int(name: str, value: Any, *, minimum: int, what: str) -> int:

@@ -38,6 +38,8 @@ from typing import Any, Callable, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+__all__ = ['LeafRules', 'FLAX', 'HAIKU', 'PYTORCH', 'named', 'name_contains', 'leaf_name', 'path_names']
+
 KeyPath = Tuple[Any, ...]
 IsWeight = Callable[[KeyPath, Any], bool]
 OutputAxis = Union[int, Callable[[KeyPath, Any], int]]

@@ -63,6 +63,10 @@ class PerGroup:
     batch_axes: the mesh axes that split the batch (a name or a tuple of names); None: all of them.
     mode: how a device runs its groups: 'auto' (the default: 'unroll' on CPU, else 'loop'), 'loop',
       'unroll' or 'vmap' (module docstring).
+
+  References:
+    Foret, Kleiner, Mobahi and Neyshabur, Sharpness-Aware Minimization for Efficiently Improving
+    Generalization, ICLR 2021 (arXiv:2010.01412), §4.1 (m-sharpness).
   """
   updater: Any
   m: int

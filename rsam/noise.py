@@ -1,6 +1,6 @@
 """Kernel-wise Gaussian noise δ0 of R-SAM (Algorithm 1) and LPF-SGD."""
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,13 @@ def kernel_scale(leaf: jax.Array, output_axis: int = -1) -> jax.Array:
   (kh, kw, in, out); PyTorch's is 0): for a leaf with ndim > 1, the norm of ``w[..., j]`` over all other
   axes. A 1-D (or 0-D) leaf — a bias or a normalisation scale — is one kernel: the norm of the whole
   vector plus 1e-16.
+
+  Args:
+    leaf: a parameter array.
+    output_axis: the axis that indexes the kernels (``rsam.LeafRules.axis_of`` gives it per leaf).
+
+  Returns:
+    ‖w_j‖ with the kernel axis kept and the others of size 1 (a scalar for a 0-D or 1-D leaf).
   """
   w = jnp.asarray(leaf, T.compute_dtype(jnp.result_type(leaf)))
   if w.ndim > 1:
@@ -29,7 +36,7 @@ def kernel_scale(leaf: jax.Array, output_axis: int = -1) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(w))) + VECTOR_NORM_EPS
 
 
-def kernelwise_noise(key: jax.Array, params: PyTree, gamma, *, rules: LeafRules = FLAX,
+def kernelwise_noise(key: jax.Array, params: PyTree, gamma: Union[float, jax.Array], *, rules: LeafRules = FLAX,
                      mask: Optional[PyTree] = None) -> PyTree:
   """δ0 with δ0[..., j] = γ · ‖w_j‖ · z,  z ~ N(0, I)  (paper Algorithm 1, §3.2).
 
@@ -51,6 +58,9 @@ def kernelwise_noise(key: jax.Array, params: PyTree, gamma, *, rules: LeafRules 
 
   Returns:
     δ0, shaped like ``params``, in float32 (float64 for float64 leaves).
+
+  References:
+    Liu, Mai, Cheng, Chen, Hsieh and You, Random Sharpness-Aware Minimization, NeurIPS 2022 (Algorithm 1).
   """
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   leaves = [leaf for _, leaf in paths_and_leaves]

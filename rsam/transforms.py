@@ -51,7 +51,9 @@ any optax schedule). ``optax.inject_hyperparams(rsam.transforms.rsam)(base, rho=
 key=0)`` keeps them in ``opt_state.hyperparams``, where they can be changed mid-run. A function argument
 that is not a schedule (a callable ``mask``; ``mesh``, as a ``jax.sharding.Mesh`` is callable) must then be
 named in ``static_args``, as in optax; an integer that fixes shapes (``m``, ``accum_steps``) too:
-``static_args=('m', 'mesh')`` for m-sharpness. With bfloat16 parameters inject_hyperparams keeps
+``static_args=('m', 'mesh')`` for m-sharpness. ``key`` is injected too: an integer seed works with
+every optax release, a ``jax.random.key`` needs ``'key'`` in ``static_args`` on optax 0.2.2 (it cannot hold
+a typed key among the hyperparameters). With bfloat16 parameters inject_hyperparams keeps
 the hyperparameters in bfloat16 unless ``hyperparam_dtype=jnp.float32``.
 
 Composition with optax. The transform must see every gradient the base optimizer sees, so it goes
@@ -68,7 +70,10 @@ OUTSIDE the other transforms:
     for one ascent per micro-batch (m-sharpness with m = the micro-batch).
   * ``optax.masked(sam(base), mask)`` and ``optax.multi_transform`` hand the transform part of the
     parameters, with which grad_fn cannot be evaluated: refused. Use ``sam(base, mask=mask)`` to keep
-    leaves out of the ascent, and ``sam(optax.masked(base, mask))`` to mask the base optimizer.
+    leaves out of the ascent, and to freeze leaves
+    ``sam(optax.multi_transform({'train': base, 'frozen': optax.set_to_zero()}, labels), mask=...)``.
+    Not ``sam(optax.masked(base, mask))`` for freezing: optax.masked passes the other leaves' gradients
+    through unchanged, so they would be applied as updates (a step of size 1 up the gradient).
   * ``optax.inject_hyperparams`` (above) works inside and outside a chain.
 
 Keys. R-SAM and R-GSAM draw noise and REQUIRE ``key`` (an integer seed or a ``jax.random.key``; None
@@ -94,6 +99,8 @@ from rsam.leaf_rules import FLAX, LeafRules
 from rsam.msharpness import GROUP_MODES, PerGroup
 from rsam.schedules import ScalarOrSchedule
 from rsam.updaters import LPFSGD, SharpnessAware
+
+__all__ = ['sam', 'asam', 'rsam', 'gsam', 'rgsam', 'from_updater', 'SharpnessAwareState']
 
 PyTree = Any
 Key = Union[int, jax.Array]
@@ -225,7 +232,8 @@ def _refuse_partial_params(name: str, params) -> None:
   if masked:
     raise ValueError(f'{name} got part of the parameters (optax.masked or multi_transform around it), with '
                      f'which grad_fn cannot be evaluated; use {name}(base, ..., mask=...) to keep leaves out '
-                     f'of the ascent, and {name}(optax.masked(base, mask), ...) to mask the base optimizer')
+                     f"of the ascent, and {name}(optax.multi_transform({{'train': base, 'frozen': "
+                     f"optax.set_to_zero()}}, labels), ...) to freeze leaves")
 
 
 def from_updater(optimizer: optax.GradientTransformation, updater: Callable, *, key: Optional[Key] = None,
@@ -249,6 +257,11 @@ def from_updater(optimizer: optax.GradientTransformation, updater: Callable, *, 
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state ``SharpnessAwareState``.
+
+  References:
+    Bisla, Wang and Choromanska, Low-Pass Filtering SGD for Recovering Flat Optima in the Deep Learning
+    Optimization Landscape, AISTATS 2022 (arXiv:2201.08025), for ``rsam.LPFSGD``; the methods' own
+    constructors above for the others.
   """
   if not (hasattr(optimizer, 'init') and hasattr(optimizer, 'update')):
     raise TypeError(f'{name}: the base optimizer {optimizer!r} is not an optax transform (e.g. optax.adamw(1e-3))')

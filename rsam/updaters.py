@@ -254,7 +254,12 @@ def _check_rules(rules) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Plain:
-  """Plain gradient g = ∇L(w): the SGD / momentum / RMSProp / AdamW baselines (one pass)."""
+  """Plain gradient g = ∇L(w): the SGD / momentum / RMSProp / AdamW baselines (one pass).
+
+  Attributes:
+    accum_steps: k >= 1: the batch is split into k interleaved micro-batches whose gradients are summed
+      one after another (the memory of one).
+  """
   accum_steps: int = 1
 
   def __post_init__(self):
@@ -300,6 +305,28 @@ class SharpnessAware:
   leaves out of the ascent: no noise and no perturbation there, the norms taken over the others. ``rules``
   (rsam/leaf_rules.py) says which leaves are weights (ASAM) and which axis of a kernel indexes its
   outputs (the noise).
+
+  Attributes:
+    rho: ρ >= 0, the ascent radius: a float, an array or a schedule of the step.
+    gamma: None (SAM's ascent from w) or γ >= 0, R-SAM's noise scale relative to each kernel's norm.
+    lam: λ >= 0, the weight of the gradient against the noise in R-SAM's ascent direction.
+    alpha: α >= 0, GSAM's weight of the part of ĝ orthogonal to g_adv; 0: no decomposition.
+    adaptive: ASAM's scale-invariant ascent.
+    eta: η >= 0 in ASAM's T = |w| + η.
+    scale_biases: ASAM scales every leaf, not only the weights.
+    clean_loss: R-SAM also evaluates the loss at w (a third, forward-only pass) into ``aux['loss_clean']``.
+    accum_steps: k >= 1 interleaved micro-batches per pass, summed one after another.
+    eps: ε >= 0 added to norms.
+    mask: None, a pytree of bools like params, or a function of params: False leaves stay out of the ascent.
+    rules: a ``rsam.LeafRules`` (weights for ASAM, the kernel output axis for the noise).
+
+  References:
+    Foret, Kleiner, Mobahi and Neyshabur, Sharpness-Aware Minimization for Efficiently Improving
+    Generalization, ICLR 2021 (arXiv:2010.01412).
+    Kwon, Kim, Park and Choi, ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of
+    Deep Neural Networks, ICML 2021 (arXiv:2102.11600).
+    Zhuang et al., Surrogate Gap Guided Sharpness-Aware Minimization, ICLR 2022 (arXiv:2203.08065).
+    Liu, Mai, Cheng, Chen, Hsieh and You, Random Sharpness-Aware Minimization, NeurIPS 2022.
   """
   rho: ScalarOrSchedule = 0.05
   gamma: Optional[ScalarOrSchedule] = None
@@ -381,6 +408,15 @@ class LPFSGD:
 
   where the batch is split into M interleaved chunks L_k, each with its own noise draw. One pass in all.
   ``rules`` (rsam/leaf_rules.py) says which axis of a kernel indexes its outputs.
+
+  Attributes:
+    gamma: γ >= 0, the noise scale relative to each kernel's norm: a float, an array or a schedule.
+    num_samples: M >= 1, the noise draws per step, one per chunk of the batch.
+    rules: a ``rsam.LeafRules`` (the kernel output axis for the noise).
+
+  References:
+    Bisla, Wang and Choromanska, Low-Pass Filtering SGD for Recovering Flat Optima in the Deep Learning
+    Optimization Landscape, AISTATS 2022 (arXiv:2201.08025).
   """
   gamma: ScalarOrSchedule = 0.002
   num_samples: int = 1

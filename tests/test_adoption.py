@@ -527,6 +527,31 @@ def test_extra_arguments_reach_the_base_optimizer():
   assert_trees_close(updates, jax.tree.map(lambda g: -3.0 * g, sam_gradient(params, batch, 0.2)))
 
 
+def test_the_masked_refusal_names_a_pattern_that_freezes_leaves():
+  """optax.masked passes the other leaves' gradients through as updates, so sam(optax.masked(base, m)) would
+  move 'frozen' leaves up their gradient: the refusal and the docs name multi_transform with set_to_zero,
+  which, followed as written, leaves them where they are."""
+  params, batch = init_mlp(), make_batch()
+  labels = {'hidden': {'kernel': 'train', 'bias': 'train'}, 'out': {'kernel': 'frozen', 'bias': 'frozen'}}
+  with pytest.raises(ValueError) as e:
+    mk = optax.masked(transforms.sam(optax.sgd(1.0), rho=0.2), {'hidden': True, 'out': False})
+    mk.update(None, mk.init(params), params, grad_fn=grad_fn_of(batch))
+  message = one_line(e)
+  assert "optax.multi_transform({'train': base, 'frozen': optax.set_to_zero()}, labels)" in message
+  assert 'optax.masked(base' not in message
+  tx = transforms.sam(optax.multi_transform({'train': optax.sgd(1.0), 'frozen': optax.set_to_zero()}, labels),
+                      rho=0.2, mask=jax.tree.map(lambda label: label == 'train', labels))
+  updates, _ = tx.update(None, tx.init(params), params, grad_fn=grad_fn_of(batch))
+  assert max_diff(updates['out'], jax.tree.map(jnp.zeros_like, params['out'])) == 0
+  hidden_only = {'hidden': jax.tree.map(lambda _: True, params['hidden']),
+                 'out': jax.tree.map(lambda _: False, params['out'])}
+  g = jax.grad(loss)(params, batch)
+  d = jax.tree.map(lambda v, keep: v if keep else jnp.zeros_like(v), g, hidden_only)
+  assert_trees_close(updates['hidden'], jax.tree.map(jnp.negative, sam_gradient(params, batch, 0.2, d)['hidden']))
+  doc = inspect.getdoc(transforms)
+  assert "optax.set_to_zero()}, labels)" in doc and 'passes the other leaves\' gradients' in doc
+
+
 # ---------------------------------------------------------------- mask, diagnostics, model state
 def test_mask_keeps_leaves_out_of_the_ascent():
   """mask: biases are not perturbed (SAM's ascent and its norm over the kernels only), and R-SAM draws no
@@ -655,6 +680,8 @@ SGD = optax.sgd(0.1)
 
 @pytest.mark.parametrize('build,error,fragment', [
     (lambda: transforms.sam(SGD, rho=-0.1), ValueError, 'rho=-0.1 must be >= 0'),
+    (lambda: transforms.sam(SGD, rho=float('inf')), ValueError, 'rho=inf must be finite'),
+    (lambda: transforms.rsam(SGD, rho=0.1, gamma=np.inf, lam=2.0, key=0), ValueError, 'gamma=inf must be finite'),
     (lambda: transforms.rsam(SGD, rho=0.1, gamma=-1.0, lam=2.0, key=0), ValueError, 'gamma=-1.0 must be >= 0'),
     (lambda: transforms.rsam(SGD, rho=0.1, gamma=1e-3, lam=-2.0, key=0), ValueError, 'lam=-2.0 must be >= 0'),
     (lambda: transforms.gsam(SGD, rho=0.1, alpha=-0.4), ValueError, 'alpha=-0.4 must be >= 0'),
@@ -725,7 +752,7 @@ CONSTRUCTORS = [transforms.sam, transforms.asam, transforms.rsam, transforms.gsa
 @pytest.mark.parametrize('constructor', CONSTRUCTORS, ids=lambda c: c.__name__)
 def test_constructors_document_their_math_every_argument_and_references(constructor):
   doc = inspect.getdoc(constructor)
-  sections = ('Args:', 'Returns:') + (('References:',) if constructor is not transforms.from_updater else ())
+  sections = ('Args:', 'Returns:', 'References:')
   for section in sections:
     assert section in doc, (constructor.__name__, section)
   args = doc.split('Args:')[1].split('Returns:')[0]
@@ -733,6 +760,60 @@ def test_constructors_document_their_math_every_argument_and_references(construc
     assert f'\n{name}:' in '\n' + '\n'.join(line.strip() for line in args.splitlines()), (constructor.__name__, name)
     assert parameter.annotation is not inspect.Parameter.empty, (constructor.__name__, name)
   assert '=' in doc.split('Args:')[0]  # the equations come before the arguments
+
+
+@pytest.mark.parametrize('name,references', [
+    ('SharpnessAware', True), ('LPFSGD', True), ('PerGroup', True), ('Plain', False), ('LeafRules', False)])
+def test_updater_classes_document_every_field_and_their_references(name, references):
+  """``rsam.LPFSGD(...)`` and the other updaters are constructors too (from_updater takes them): every
+  field under Attributes:, and the method's paper under References:."""
+  cls = getattr(rsam, name)
+  doc = inspect.getdoc(cls)
+  assert 'Attributes:' in doc, name
+  attributes = '\n' + '\n'.join(line.strip() for line in doc.split('Attributes:')[1].splitlines())
+  for field in cls.__dataclass_fields__:
+    assert f'\n{field}:' in attributes, (name, field)
+  assert 'References:' in doc or not references, name
+
+
+@pytest.mark.parametrize('function', ['kernel_scale', 'kernelwise_noise'])
+def test_noise_functions_document_args_and_returns_with_types(function):
+  fn = getattr(rsam, function)
+  doc = inspect.getdoc(fn)
+  assert 'Args:' in doc and 'Returns:' in doc, function
+  for name, parameter in inspect.signature(fn).parameters.items():
+    assert f'{name}:' in doc.split('Args:')[1], (function, name)
+    assert parameter.annotation is not inspect.Parameter.empty, (function, name)
+
+
+def test_type_checkers_see_the_lazy_names():
+  """``import rsam`` stays lazy at run time (PEP 562), but a type checker cannot follow ``__getattr__``: it
+  would type ``rsam.lr_tied_rho`` as Any. An ``if TYPE_CHECKING:`` block imports every lazy name from its
+  module, and every submodule."""
+  import ast  # pylint: disable=import-outside-toplevel
+  with open(rsam.__file__, encoding='utf-8') as f:
+    module = ast.parse(f.read())
+  imported = {}
+  for node in ast.walk(module):
+    if isinstance(node, ast.If) and getattr(node.test, 'id', None) == 'TYPE_CHECKING':
+      for statement in node.body:
+        assert isinstance(statement, ast.ImportFrom), ast.dump(statement)
+        for alias in statement.names:
+          imported[alias.asname or alias.name] = statement.module
+  lazy = rsam._LAZY  # pylint: disable=protected-access
+  assert {n: imported.get(n) for n in lazy} == lazy
+  assert {n: imported.get(n) for n in rsam._SUBMODULES} == {n: 'rsam' for n in rsam._SUBMODULES}  # pylint: disable=protected-access
+  assert 'jax' not in subprocess.run([sys.executable, '-c', 'import rsam, sys; print(sorted(sys.modules))'],
+                                     capture_output=True, text=True, check=True).stdout.split("'")
+
+
+def test_star_imports_give_the_public_names_only():
+  for module, names in ((transforms, {'sam', 'asam', 'rsam', 'gsam', 'rgsam', 'from_updater', 'SharpnessAwareState'}),
+                        (leaf_rules, {'LeafRules', 'FLAX', 'HAIKU', 'PYTORCH', 'leaf_name'})):
+    namespace = {}
+    exec(f'from {module.__name__} import *', namespace)  # pylint: disable=exec-used
+    public = set(namespace) - {'__builtins__'}
+    assert names <= public and not public & {'os', 'sys', 'jax', 'jnp', 'np', 'optax', 'T', 'Any'}, public
 
 
 def test_package_ships_types_licence_and_lists_its_names():
