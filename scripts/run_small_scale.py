@@ -128,12 +128,13 @@ def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all', fami
   """The config args of a phase's runs. ``draws`` (final/custom): data draws of the noisy subset (the
   configs' ``draw=``); ``seeds`` is then split into len(draws) consecutive blocks, block i for draws[i]
   (every draw its own seeds), and the runs go draw by draw, config by config: the order the programs
-  train in. A final phase with ``custom`` args runs those instead of the family's updaters."""
+  train in. A final phase with ``custom`` args runs those instead of the family's updaters, a tune phase
+  instead of its grid (an edge extension of a sweep)."""
   f = FAMILIES[family]
   if phase == 'tune':
     if draws:
       raise ValueError('--draws is for the final and custom phases; tuning reads draw 0')
-    runs = [f'{a},seed={s}' for s in (seeds or f['tune_seeds']) for a in f['grids'][grid]]
+    runs = [f'{a},seed={s}' for s in (seeds or f['tune_seeds']) for a in (list(custom) or f['grids'][grid])]
   elif draws:
     seeds = list(seeds or ())
     if not seeds or len(seeds) % len(draws):

@@ -261,6 +261,8 @@ def test_driver_gives_every_draw_its_own_seeds_in_order(tmp_path, monkeypatch):
   for bad in ([10, 11, 12], [10, 10, 11, 12]):
     with pytest.raises(ValueError):
       run_small_scale.phase_runs('final', ['updater=sam'], bad, draws=[1, 2])
+  assert run_small_scale.phase_runs('tune', ['updater=sam,rho=0.7'], [40, 41]) == [
+      'updater=sam,rho=0.7,seed=40', 'updater=sam,rho=0.7,seed=41']  # an edge step of a sweep
   with pytest.raises(ValueError, match='tuning reads draw 0'):
     run_small_scale.phase_runs('tune', (), None, draws=[1])
   # the vmapped programs: one per (config, draw), each with its draw's data and seeds
