@@ -15,7 +15,7 @@ The argument is ``key=value`` pairs separated by commas (configs/small_scale.py'
 
 What is kept from the official ViT recipe (configs/imagenet_vit.py), scaled to 8x8 digits:
   AdamW β 0.9/0.999, decoupled weight decay 0.3 × lr on every leaf, gradient clip 1.0
-  linear warm-up over the first ~11% of the steps (official 10k of 92,897), then linear decay to lr/100
+  linear warm-up over the first ~11% of the steps (official 10k of 93,834), then linear decay to lr/100
   sigmoid cross-entropy, smoothing 1e-4, token pooling + tanh pre-logits, dropout 0.1
   SAM: constant ρ (ViT-SAM);  R-SAM: ρ tied to the lr from rho_max down to 0.6·rho_max, with the warm-up
   branch over the lr's warm-up, λ 2, γ 5e-4 growing ×5 on the cosine;  GSAM: ρ lr-tied rho_max → rho_max/3,
