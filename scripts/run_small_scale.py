@@ -459,9 +459,41 @@ def holm_table(reports: dict, alpha: float = 0.05) -> str:
                f"{'yes' if q <= alpha else 'no'} |")
   return '\n'.join(out)
 
+
+def stability_cell_tests(dirs, key: str = 'cos_diff', alpha: float = 0.05) -> str:
+  """Markdown: Fig. 1/2's per-seed cells (scripts/gradient_stability.py's seed-aggregate summary.json of
+  each of ``dirs``: per noisy curve and ρ > 0, the per-seed values ``<key>_seeds``), each tested against 0
+  by a one-sample t test on its seeds (n − 1 dof), with Holm's correction over every cell of every dir
+  (the family of comparisons made), ``seed_stats.one_sample_tests``."""
+  from rsam.training import paths, seed_stats
+  cells = {}
+  for d in dirs:
+    summary = paths.read_json(paths.path(d) / 'summary.json')
+    for curve, values in summary['per_curve'].items():
+      if f'{key}_seeds' not in values:
+        continue
+      per_seed = values[f'{key}_seeds']
+      for i, rho in enumerate(summary['rhos']):
+        if rho > 0:
+          cells[(d.rstrip('/').rsplit('/', 1)[-1], curve, rho)] = [seed[i] for seed in per_seed]
+  tests = seed_stats.one_sample_tests(cells)
+  n = next(iter(tests.values()))['n'] if tests else 0
+  crit = seed_stats.critical_t(alpha, n - 1) if n > 1 else float('nan')
+  out = [f'{key}: one-sample t test per cell over {n} seeds ({n - 1} dof; two-sided {1 - alpha:.0%} critical t '
+         f'{crit:.2f}), Holm over all {len(tests)} cells', '',
+         '| folder | curve | ρ | mean | s.e.m. | t | p | Holm p |', '|---|---|---|---|---|---|---|---|']
+  for (d, curve, rho), r in tests.items():
+    out.append(f"| {d} | {curve} | {rho:g} | {r['mean']:+.3f} | {r['sem']:.3f} | {r['t']:.2f} | {r['p']:.3f} | "
+               f"{r.get('p_holm', float('nan')):.3f} |")
+  raw = sum(r['p'] <= alpha for r in tests.values())
+  held = sum(r.get('p_holm', 1.0) <= alpha for r in tests.values())
+  out += ['', f'{raw} of {len(tests)} cells have p ≤ {alpha:g} unadjusted; {held} after Holm.']
+  return '\n'.join(out)
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--phase', choices=('tune', 'final', 'custom'), required=True)
+  parser.add_argument('--phase', choices=('tune', 'final', 'custom'), default=None,
+                      help='required, except with --holm and --cell_tests')
   parser.add_argument('--family', choices=tuple(FAMILIES), default='resnet',
                       help='resnet: configs/small_scale.py (issue #5); vit: configs/small_scale_vit.py (#14)')
   parser.add_argument('--runs', nargs='*', default=(), help='config args for --phase custom')
@@ -503,7 +535,23 @@ def main(argv=None):
   parser.add_argument('--json', default=None, help='--two_level: also write the analysis to this JSON file')
   parser.add_argument('--holm', nargs='+', metavar='NAME=JSON', default=None,
                       help='print Holm\'s correction over the primary p of --two_level JSON files, and exit')
+  parser.add_argument('--cell_tests', nargs='+', metavar='KEY DIR', default=None,
+                      help='print the t test and Holm over the per-seed cells KEY (e.g. cos_diff, gain_diff) '
+                      'of gradient_stability.py seed-aggregate folders DIR..., and exit')
   args = parser.parse_args(argv)
+  if args.cell_tests:
+    if len(args.cell_tests) < 2:
+      parser.error('--cell_tests KEY DIR [DIR ...]: name the key and at least one folder')
+    print(stability_cell_tests(args.cell_tests[1:], args.cell_tests[0], args.alpha))
+    return
+  if args.holm:
+    if not all('=' in item for item in args.holm):
+      parser.error(f'--holm {" ".join(args.holm)}: write each as NAME=JSON')
+    from rsam.training import paths
+    print(holm_table({n: paths.read_json(f) for n, f in (item.split('=', 1) for item in args.holm)}, args.alpha))
+    return
+  if args.phase is None:
+    parser.error('the following arguments are required: --phase')
   phase_dir = os.path.join(args.out, FAMILIES[args.family]['subdir'], args.phase)
   if args.paired:
     print(paired_differences(phase_dir, args.paired))
@@ -522,12 +570,6 @@ def main(argv=None):
     if args.json:
       from rsam.training import paths
       paths.write_json(args.json, report)
-    return
-  if args.holm:
-    if not all('=' in item for item in args.holm):
-      parser.error(f'--holm {" ".join(args.holm)}: write each as NAME=JSON')
-    from rsam.training import paths
-    print(holm_table({n: paths.read_json(f) for n, f in (item.split('=', 1) for item in args.holm)}, args.alpha))
     return
   if args.power:
     if not all('=updater=' in item for item in args.power):

@@ -116,3 +116,18 @@ def test_holm_by_hand():
   assert S.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
   assert S.holm([0.02]) == [0.02]
   assert S.holm([]) == []
+
+
+def test_one_sample_tests_per_cell_with_holm_over_the_cells():
+  r = S.one_sample_tests({'a': [1.0, 2.0, 3.0], 'b': [-1.0, -2.0, -3.0], 'c': [0.0, 1.0, -1.0]})
+  t = 2 * math.sqrt(3)
+  p = 1 - t / math.sqrt(2 + t * t)  # 2 dof, closed form: 0.0742
+  assert r['a']['t'] == pytest.approx(t) and r['b']['t'] == pytest.approx(-t)
+  assert r['a']['p'] == pytest.approx(p, rel=1e-9) and r['c']['p'] == pytest.approx(1.0)
+  # Holm over 3 cells: the two smallest p (equal) × 3 then × 2 -> both 3p; c: max(3p, 1 · 1) = 1
+  assert r['a']['p_holm'] == pytest.approx(3 * p) and r['b']['p_holm'] == pytest.approx(3 * p)
+  assert r['c']['p_holm'] == pytest.approx(1.0)
+  flat = S.one_sample_tests({'x': [2.0, 2.0], 'y': [1.0, 3.0]})
+  assert flat['x']['p'] == 0.0 and flat['x']['t'] == math.inf
+  with pytest.raises(ValueError, match='a t test needs 2'):
+    S.one_sample_tests({'z': [1.0]})

@@ -359,3 +359,18 @@ def test_two_level_report_pairs_by_draw_and_seed(tmp_path):
   assert '| H1 | +4.00 | 0.0742 | 0.1484 | no |' in table
   with pytest.raises(ValueError, match='no \\(draw, seed\\) run by both'):
     run_small_scale.two_level_report(str(tmp_path), 'test', 'updater=rsam', 'updater=sam', effect=1.0)
+
+
+def test_stability_cell_tests_test_every_cell_and_correct_over_all(tmp_path):
+  summary = {'rhos': [0.0, 0.5, 1.0], 'per_curve': {
+      'vanilla': {'cos_seeds': [[1, 0.5, 0.4]] * 3},
+      '0.02': {'cos_diff_seeds': [[0.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 3.0, -1.0]]}}}
+  os.makedirs(tmp_path / 'conv')
+  with open(tmp_path / 'conv' / 'summary.json', 'w') as f:
+    json.dump(summary, f)
+  text = run_small_scale.stability_cell_tests([str(tmp_path / 'conv')], 'cos_diff')
+  # ρ = 0.5: 1, 2, 3 -> t 2√3 on 2 dof, p = 1 − t/√(2 + t²) = 0.0742; ρ = 1: 0, 1, −1 -> p 1; Holm over 2
+  assert 'Holm over all 2 cells' in text and 'critical t 4.30' in text
+  assert '| conv | 0.02 | 0.5 | +2.000 | 0.577 | 3.46 | 0.074 | 0.148 |' in text
+  assert '| conv | 0.02 | 1 | +0.000 | 0.577 | 0.00 | 1.000 | 1.000 |' in text
+  assert '0 of 2 cells have p ≤ 0.05 unadjusted; 0 after Holm.' in text

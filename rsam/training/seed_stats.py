@@ -205,3 +205,23 @@ def holm(pvalues: Sequence[float]) -> list:
     running = max(running, min(1.0, (m - rank) * pvalues[i]))
     adjusted[i] = running
   return adjusted
+
+
+def one_sample_tests(cells: Mapping[object, Sequence[float]]) -> Dict[object, Dict[str, float]]:
+  """The two-sided one-sample t test of 0 in each cell (its values are per-seed: n − 1 dof), and each
+  cell's Holm-adjusted p over all the cells (the family of comparisons made): cell -> {'n', 'mean',
+  'sem', 't', 'p', 'p_holm'}. A cell with zero spread gets t = ±inf, p = 0 (or nan when its mean is 0)."""
+  out = {}
+  for key, values in cells.items():
+    mean, sem, n = mean_sem(list(values))
+    if n < 2:
+      raise ValueError(f'cell {key!r} has {n} value(s); a t test needs 2')
+    if sem > 0:
+      test = t_test(mean, sem, n - 1)
+    else:
+      test = {'t': math.copysign(math.inf, mean) if mean else float('nan'), 'p': 0.0 if mean else float('nan')}
+    out[key] = {'n': n, 'mean': mean, 'sem': sem, 't': test['t'], 'p': test['p']}
+  keys = [k for k in out if out[k]['p'] == out[k]['p']]
+  for k, adjusted in zip(keys, holm([out[k]['p'] for k in keys])):
+    out[k]['p_holm'] = adjusted
+  return out
