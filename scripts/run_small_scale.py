@@ -216,17 +216,28 @@ def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS,
     values = [v for (w, _), v in sorted(acc.items()) if w == u]
     mean, sem, n = seed_stats.mean_sem(values)
     out.append(f'| {u} | {n} | {mean:.2f} ± {sem:.2f} | {seed_stats.std(values):.2f} |')
-  out += ['', f'Paired differences on {eval_set} (accuracy points, a − b on the same seed)', '',
-          f'| a − b | n | mean | sd | s.e.m. | 95% CI | a wins | seeds for ±{half_width} |',
-          '|---|---|---|---|---|---|---|---|']
+  rows = []
   for a, b in pairs:
     seeds = sorted(s for (u, s) in acc if u == a and (b, s) in acc)
-    if not seeds:
-      continue
-    p = seed_stats.paired([acc[(a, s)] - acc[(b, s)] for s in seeds])
+    if seeds:
+      rows.append((a, b, seeds, seed_stats.paired([acc[(a, s)] - acc[(b, s)] for s in seeds])))
+  tested = [i for i, r in enumerate(rows) if r[3]['p'] == r[3]['p']]
+  holm = dict(zip(tested, seed_stats.holm([rows[i][3]['p'] for i in tested])))
+  out += ['', f'Paired differences on {eval_set} (accuracy points, a − b on the same seed; p: the paired t '
+          f'test; Holm: over the {len(tested)} pairs of this table)', '',
+          f'| a − b | n | mean | sd | s.e.m. | 95% CI | a wins | seeds for ±{half_width} | p | Holm p |',
+          '|---|---|---|---|---|---|---|---|---|---|']
+  for i, (a, b, seeds, p) in enumerate(rows):
     need = seed_stats.seeds_needed(p['sd'], half_width) if p['n'] > 1 else 'n/a'
     out.append(f"| {a} − {b} | {p['n']} | {p['mean']:+.2f} | {p['sd']:.2f} | {p['sem']:.2f} | "
-               f"[{p['low']:+.2f}, {p['high']:+.2f}] | {p['positive']}/{p['n']} | {need} |")
+               f"[{p['low']:+.2f}, {p['high']:+.2f}] | {p['positive']}/{p['n']} | {need} | {p['p']:.3f} | "
+               f"{holm.get(i, float('nan')):.3f} |")
+  corr = [(a, b, seed_stats.correlation([acc[(a, s)] for s in seeds], [acc[(b, s)] for s in seeds]))
+          for a, b, seeds, _ in rows if len(seeds) >= 4]
+  if corr:
+    out += ['', 'Correlation of the two updaters\' accuracies over the same seeds (Pearson r, 95% Fisher '
+            'interval): pairing narrows a − b only as far as r > 0', '', '| a, b | n | r | 95% CI |', '|---|---|---|---|']
+    out += [f"| {a}, {b} | {c['n']} | {c['r']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] |" for a, b, c in corr]
   return '\n'.join(out)
 
 

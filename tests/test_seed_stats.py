@@ -131,3 +131,14 @@ def test_one_sample_tests_per_cell_with_holm_over_the_cells():
   assert flat['x']['p'] == 0.0 and flat['x']['t'] == math.inf
   with pytest.raises(ValueError, match='a t test needs 2'):
     S.one_sample_tests({'z': [1.0]})
+
+
+def test_correlation_and_its_fisher_interval():
+  c = S.correlation([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
+  # sxy = 8, sxx = syy = 10: r = 0.8; Fisher: tanh(atanh 0.8 ± 1.959964 / √2)
+  assert c['r'] == pytest.approx(0.8)
+  z = S.stats.norm.ppf(0.975) / math.sqrt(2)
+  assert c['low'] == pytest.approx(math.tanh(math.atanh(0.8) - z)) and c['high'] == pytest.approx(math.tanh(math.atanh(0.8) + z))
+  assert S.correlation([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0])['r'] == pytest.approx(-1.0)
+  with pytest.raises(ValueError):
+    S.correlation([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])

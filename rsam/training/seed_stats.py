@@ -225,3 +225,19 @@ def one_sample_tests(cells: Mapping[object, Sequence[float]]) -> Dict[object, Di
   for k, adjusted in zip(keys, holm([out[k]['p'] for k in keys])):
     out[k]['p_holm'] = adjusted
   return out
+
+
+def correlation(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Dict[str, float]:
+  """Pearson's r of paired values and its interval by Fisher's z: tanh(atanh r ± z_{(1+c)/2} / √(n − 3))
+  (needs n ≥ 4). Pairing two updaters on a seed shrinks the sd of their difference only when r > 0:
+  sd(a − b)² = sd_a² + sd_b² − 2 r sd_a sd_b."""
+  n = len(x)
+  if n != len(y) or n < 4:
+    raise ValueError(f'correlation needs two sequences of the same length >= 4 (got {n}, {len(y)})')
+  mx, my = sum(x) / n, sum(y) / n
+  sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+  sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+  r = sxy / math.sqrt(sxx * syy)
+  z = stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+  center = math.atanh(max(-1 + 1e-15, min(1 - 1e-15, r)))
+  return {'n': n, 'r': r, 'low': math.tanh(center - z), 'high': math.tanh(center + z)}
