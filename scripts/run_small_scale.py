@@ -200,14 +200,16 @@ def _updater(rest: str) -> str:
 
 
 def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS,
-                       half_width: float = TARGET_HALF_WIDTH) -> str:
+                       half_width: float = TARGET_HALF_WIDTH, seeds=None) -> str:
   """Markdown: each updater's accuracy (mean ± s.e.m. over seeds), then per pair (a, b) of updaters the
   per-seed differences a − b in points (a seed fixes the init, the data order and the augmentation for
   both) with their mean, sd, s.e.m., 95% t interval, wins, and the seeds an interval of ± ``half_width``
   would need at this sd (rsam/training/seed_stats.py). One config per updater is expected (a final
-  phase); the phase's runs.jsonl is read through rsam/training/paths.py."""
+  phase); the phase's runs.jsonl is read through rsam/training/paths.py. ``seeds``: only these seeds (the
+  state of a table when it had fewer)."""
   from rsam.training import seed_stats
-  acc = {(_updater(rest), seed): v for (rest, seed), v in read_accuracies(out_dir, eval_set).items()}
+  acc = {(_updater(rest), seed): v for (rest, seed), v in read_accuracies(out_dir, eval_set).items()
+         if seeds is None or seed in set(seeds)}
   updaters = sorted({u for u, _ in acc}, key=lambda u: [p for p in PAIRS for p in p].index(u)
                     if u in [p for p in PAIRS for p in p] else 99)
   out = [f'Accuracy on {eval_set} (points, mean ± s.e.m. over seeds)', '', '| updater | n | mean ± s.e.m. | sd |',
@@ -287,6 +289,7 @@ def power_from_tuning(out_dir: str, chosen: dict, eval_set: str = 'val', pair=('
 
 
 COMPOSITION = ('noise_grad_ratio', 'ascent_grad_cos', 'noise_norm', 'lam_grad_norm')
+NOISY_ASCENT = ('rsam', 'rgsam')  # the updaters whose ascent has δ0 (a run without its log is not eligible)
 BURN_IN = 0.2  # composition: the train_log windows that end after this fraction of the steps
 
 
@@ -358,7 +361,8 @@ def select_from_tuning(out_dir: str, eval_set: str = 'val', min_ratio: float = 1
   """Markdown: every config of a tuning phase with its mean ± sd accuracy over seeds on ``eval_set``
   and, for R-SAM, its composition (each run's mean over the windows after ``BURN_IN``; the mean over
   seeds). The choice: per updater the highest mean; for R-SAM only among the configs whose mean ratio
-  ‖δ0‖/‖λĝ‖ is at least ``min_ratio`` (the regime the study asks for)."""
+  ‖δ0‖/‖λĝ‖ is at least ``min_ratio`` (the regime the study asks for); an R-SAM/R-GSAM config whose runs
+  did not log the composition is not eligible."""
   from rsam.training import paths, seed_stats
   by_arm = {}
   for r in read_runs(out_dir, eval_set):
@@ -370,9 +374,10 @@ def select_from_tuning(out_dir: str, eval_set: str = 'val', min_ratio: float = 1
     comps = [c for c in comps if c]
     comp = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]} if comps else {}
     values = [r['acc'] for r in runs]
+    noisy = dict(arm)['updater'] in NOISY_ASCENT
     rows.append({'arm': arm, 'updater': dict(arm)['updater'], 'n': len(values), 'mean': sum(values) / len(values),
-                 'sd': seed_stats.std(values), 'comp': comp,
-                 'eligible': not comp or comp['noise_grad_ratio'] >= min_ratio})
+                 'sd': seed_stats.std(values), 'comp': comp, 'noisy': noisy,
+                 'eligible': comp['noise_grad_ratio'] >= min_ratio if noisy and comp else not noisy})
   rows.sort(key=lambda r: (r['updater'], _arm_label(r['arm'])))
   out = [f'Tuning on {eval_set} ({out_dir}); R-SAM eligible when its mean ‖δ0‖/‖λĝ‖ ≥ {min_ratio:g} (windows '
          f'after {BURN_IN:.0%} of the steps)', '',
@@ -382,7 +387,7 @@ def select_from_tuning(out_dir: str, eval_set: str = 'val', min_ratio: float = 1
   for r in rows:
     c = r['comp']
     comp = (f"{c['noise_grad_ratio']:.2f} | {c['ascent_grad_cos']:.3f} | {c['grad_share']:.2f}" if c
-            else '— | 1 | 1')
+            else 'not logged | — | —' if r['noisy'] else '0 (no noise) | 1 | 1')
     out.append(f"| {_arm_label(r['arm'])} | {r['n']} | {r['mean']:.2f} ± {r['sd']:.2f} | {comp} | "
                f"{'yes' if r['eligible'] else 'no'} |")
     if r['eligible'] and (r['updater'] not in best or r['mean'] > best[r['updater']]['mean']):
@@ -565,7 +570,7 @@ def main(argv=None):
     parser.error('the following arguments are required: --phase')
   phase_dir = os.path.join(args.out, FAMILIES[args.family]['subdir'], args.phase)
   if args.paired:
-    print(paired_differences(phase_dir, args.paired))
+    print(paired_differences(phase_dir, args.paired, seeds=args.seeds))
     return
   if args.select:
     print(select_from_tuning(phase_dir, args.select, args.min_ratio))

@@ -384,7 +384,7 @@ MUTATIONS = (
       tests=('tests/test_small_scale_configs.py', '-k', 'composition or select or two_level'),
       note='the composition averages the first windows too'),
     M('select-ignores-the-regime', 'scripts/run_small_scale.py',
-      "'eligible': not comp or comp['noise_grad_ratio'] >= min_ratio", "'eligible': True",
+      "'eligible': comp['noise_grad_ratio'] >= min_ratio if noisy and comp else not noisy", "'eligible': True",
       tests=('tests/test_small_scale_configs.py', '-k', 'select'), note='R-SAM chosen outside the noise regime'),
     # many in-memory epochs in one tf.data pipeline (data/input_pipeline.py, _block)
     M('block-skips-every-epoch', 'data/input_pipeline.py',

@@ -124,6 +124,8 @@ def test_paired_differences(tmp_path):
   assert '| rsam − sam | 2 | +0.50 | 2.12 | 1.50 | [-18.56, +19.56] | 1/2 | 72 | 0.795 | 0.795 |' in text
   assert '| sam − plain | 1 | +40.00 | nan |' in text and '| nan | nan |' in text
   assert '| sam | 2 | 85.00 ± 5.00 | 7.07 |' in text
+  first = run_small_scale.paired_differences(str(tmp_path), 'test', pairs=(('rsam', 'sam'),), seeds=[1])
+  assert '| rsam − sam | 1 | -1.00 |' in first and '| sam | 1 | 80.00 ± 0.00 |' in first
   # pooled over two sets by their counts: sam seed 0 = (0.9·10 + 0.1·30) / 40 = 30%, rsam 0.29 -> −1.00
   pooled = run_small_scale.read_accuracies(str(tmp_path), 'test+unused')
   assert pooled[('updater=sam', 0)] == pytest.approx(30.0) and pooled[('updater=rsam', 0)] == pytest.approx(29.0)
@@ -327,7 +329,11 @@ def test_select_from_tuning_takes_the_best_config_in_the_regime(tmp_path):
   assert '| updater=rsam,gamma=0.002,lam=0.5,rho=0.5 | 2 | 86.00 ± 1.41 | 1.30 | 0.600 | 0.36 | yes |' in text
   assert '- rsam: updater=rsam,gamma=0.002,lam=0.5,rho=0.5 (86.00 ± 1.41, 2 seeds)' in text
   assert '- sam: updater=sam,rho=0.2 (82.00 ± 2.83, 2 seeds)' in text
-  assert '| updater=sam,rho=0.5 | 2 | 70.00 ± 0.00 | — | 1 | 1 | yes |' in text
+  assert '| updater=sam,rho=0.5 | 2 | 70.00 ± 0.00 | 0 (no noise) | 1 | 1 | yes |' in text
+  _write_runs(tmp_path, rows + [('updater=rsam,rho=2.0,seed=0', 0.99)], logs)  # no composition logged
+  text = run_small_scale.select_from_tuning(str(tmp_path), 'val', min_ratio=1.0)
+  assert '| updater=rsam,rho=2.0 | 1 | 99.00 ± nan | not logged | — | — | no |' in text
+  assert '- rsam: updater=rsam,gamma=0.002,lam=0.5,rho=0.5 (86.00 ± 1.41, 2 seeds)' in text
 
 
 def test_two_level_report_pairs_by_draw_and_seed(tmp_path):
