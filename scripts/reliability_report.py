@@ -317,7 +317,7 @@ STATIC = '''## Bugs the suite found, and the fixes
 
 - `data/`: unknown data fields (e.g. a misspelt `data.augment`) only log a warning and are ignored;
   `data.image_size='x'` raises a ValueError traceback instead of a DataError.
-- `rsam/factory.py`: `updater.m` defaults to None, so `--config.updater.m=4` cannot be given on the command
+- `rsam/training/factory.py`: `updater.m` defaults to None, so `--config.updater.m=4` cannot be given on the command
   line (ml_collections cannot infer the type); the suite writes a small config file instead.
 - `config_check.check_workdir` and the `results.json` write use `os`/`open`, so a `gs://` workdir (the
   documented TPU usage) would put config.json and results.json on the local disk of a preemptible VM

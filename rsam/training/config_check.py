@@ -12,9 +12,8 @@ import jax
 
 import data
 import models
-import rsam
 from rsam.errors import ConfigError
-from rsam.training import losses, optim, paths
+from rsam.training import factory, losses, optim, paths
 
 
 class NonFiniteError(ConfigError):
@@ -73,7 +72,7 @@ def validate(config) -> None:
   if config.schedule.name not in optim.SCHEDULES:
     raise ConfigError(f"config.schedule.name={config.schedule.name!r}; choose one of: "
                       f"{', '.join(optim.SCHEDULES)}")
-  rsam.validate(config.updater)
+  factory.validate(config.updater)
   from rsam.training import evaluation, progress  # pylint: disable=g-import-not-at-top
   data.validate(config.data, tuple(evaluation.intervals(config)))
   progress.trace_steps(config)
@@ -175,7 +174,7 @@ def check_batch(config, *, num_devices: int, process_count: int) -> None:
   if (config.batch_size // num_devices) % config.grad_accum_steps:
     raise ConfigError(f'config.grad_accum_steps={config.grad_accum_steps} does not divide the per-device '
                       f'batch {config.batch_size // num_devices}; pick a divisor of it')
-  rsam.validate(config.updater, per_device_batch=config.batch_size // num_devices)
+  factory.validate(config.updater, per_device_batch=config.batch_size // num_devices)
   del process_count  # a multiple of the device count is a multiple of the process count
 
 
@@ -188,6 +187,11 @@ def _identity(config) -> dict:
     else:
       d.pop(node, None)
   return d
+
+
+def identity(config) -> dict:
+  """What makes two configs the same run: every field but BOOKKEEPING, as a JSON-able dict."""
+  return _identity(config)
 
 
 def _diff(a, b, prefix=''):

@@ -26,17 +26,18 @@ def hardware() -> dict:
           'host': platform.machine(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__}
 
 
-def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, wandb_naming=None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
 
   ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py. The run
   holds the workdir's lease (rsam/training/lease.py) from before its first write to its end, however it ends.
   A write that fails for lack of space or permission is one ``paths.WriteFailed`` line (exit code 74).
+  ``wandb_naming``: the wandb run's group, name, tags and summary, from the application (writers.identity).
   """
   paths.quiet_write_failures()  # orbax's save threads would log pages of traceback for such a failure
   try:
     with contextlib.ExitStack() as cleanup:  # the lease and the checkpointer, however the run ends
-      return _train_and_evaluate(config, workdir, force_resume, cleanup)
+      return _train_and_evaluate(config, workdir, force_resume, cleanup, wandb_naming)
   except Exception as e:  # pylint: disable=broad-except
     failed = paths.write_failure(e, workdir)
     if failed is None:
@@ -46,7 +47,8 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False) -> d
     raise failed from None
 
 
-def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: contextlib.ExitStack) -> dict:
+def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: contextlib.ExitStack,
+                        wandb_naming=None) -> dict:
   start_time = time.time()
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
@@ -87,7 +89,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
 
   # This process's segment of the run; its writer drops the metrics of steps an earlier segment logged.
   segment = segments.Segments(workdir, start_step, hardware(), write=jax.process_index() == 0)
-  writer = segment.wrap(writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir)))
+  writer = segment.wrap(writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir),
+                                            naming=wandb_naming))
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
   signals = interrupts.Interrupts(agree=distributed.agree_on_signal if jax.process_count() > 1 else None)
