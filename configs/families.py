@@ -90,11 +90,13 @@ ImageNet ViT (Tables 3-4, Fig. 3) -- [R-SAM code] unless noted:
 - Evaluation during training **(ours)**: 'minival' every 1,000 steps (the curve), validation, ReaL, v2 and
   R every 10,000, ImageNet-C only at the end (``VIT_EVAL_INTERVALS``); CIFAR: its test set every 5 epochs
   (1,950 steps; it has no other held-out split: the paper trains on all 50,000 images).
-- Steps: 300 epochs of what is trained: ``total_steps`` is left to the repo's rule (config_check.total_steps),
-  ⌊epochs · N_train / batch⌋ = ⌊300 · 1,268,355 / 4096⌋ = 92,897, and γ's T (the official code ties T to
-  its step count) follows. The official run.sh passes ``--total_steps 93834`` with the same 99% split:
-  937 steps (1.0%) more, 303.0 epochs of its data (93,834 is one step short of 300 epochs of the FULL
-  train split, ⌊300 · 1,281,167 / 4096⌋ = 93,835). ``--config.total_steps=93834`` runs the official count.
+- Steps: the official count by default, ``total_steps`` = 93,834 (``steps='official'``): the official
+  run.sh passes ``--total_steps 93834`` with the 99% split, and that run produced the paper's numbers; γ's
+  cosine runs over that T (the official code ties T to its step count) and the lr decays over it. It is
+  303.0 epochs of train[:99%] (93,834 is one step short of 300 epochs of the FULL train split,
+  ⌊300 · 1,281,167 / 4096⌋ = 93,835). ``steps='epochs'`` trains the paper's stated 300 epochs of what is
+  trained instead: ``total_steps`` is left to the repo's rule (config_check.total_steps),
+  ⌊300 · 1,268,355 / 4096⌋ = 92,897, 937 steps (1.0%) fewer, and γ's T follows.
 - Step index: the official loop counts t = 1, 2, ...: ρ's warm-up branch and γ at t = step + 1, the lr at
   step (rsam/schedules.py).
 
@@ -223,11 +225,12 @@ VIT_AUGS = ('none', 'mixup', 'mixup_ra')
 HIDDEN_SIZE = {'vit_l16': 1024, 'vit_b16': 768, 'vit_s16': 384, 'vit_ti4': 192, 'vit_tiny': 32}
 IMAGENET_EVAL_SETS = ('validation', 'imagenet_real', 'imagenet_v2', 'imagenet_r', 'imagenet_c')
 # Each eval set's interval in steps (rsam/training/evaluation.py), 0 = only at the end: 'minival' (12,812
-# held-out train images, cheap) draws the curve, the test sets run 9 times in 92,897 steps, ImageNet-C
+# held-out train images, cheap) draws the curve, the test sets run 9 times in 93,834 steps, ImageNet-C
 # (3.75M images) only at the end.
 VIT_EVAL_INTERVALS = {'minival': 1000, 'validation': 10_000, 'imagenet_real': 10_000, 'imagenet_v2': 10_000,
                       'imagenet_r': 10_000, 'imagenet_c': 0}
-OFFICIAL_TOTAL_STEPS = 93_834   # run.sh --total_steps of the R-SAM code; ours: 300 epochs (docstring)
+OFFICIAL_TOTAL_STEPS = 93_834   # run.sh --total_steps of the R-SAM code, the default (docstring: 'Steps')
+VIT_STEPS = ('official', 'epochs')  # 93,834 steps | 300 epochs of train[:99%] (92,897)
 VIT_MIXUP_ALPHA = 0.5           # ours: the official code's commented value; AugReg 'medium2'
 VIT_RANDAUGMENT = (2, 15)       # ours: AugReg 'medium2' (N layers, magnitude M)
 SAM_RHO_VIT = {'vit_b16': 0.05, 'vit_s16': 0.1}              # [ViT-SAM]
@@ -240,13 +243,15 @@ DEFAULT_M = 'default'           # m of imagenet_vit: SAM_M_VIT for sam, VIT_M fo
 
 def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'none',
                  rho_max: Optional[float] = None, rho_min: Optional[float] = None,
-                 lam: Optional[float] = None, m=DEFAULT_M) -> ml_collections.ConfigDict:
+                 lam: Optional[float] = None, m=DEFAULT_M, steps: str = 'official') -> ml_collections.ConfigDict:
   """One ViT run of Table 3/4 or Fig. 3; ``rho_max``/``rho_min``/``lam`` override the updater's (the
   Fig. 3(b, c) sweeps); ``m`` examples per ascent group (None: the whole batch; default: 32 for SAM, the
-  pair of ρ and m ViT-SAM trained with, 16 for the others); the module docstring gives every source."""
+  pair of ρ and m ViT-SAM trained with, 16 for the others); ``steps`` 'official' (93,834, run.sh's count)
+  or 'epochs' (300 epochs of train[:99%], 92,897); the module docstring gives every source."""
   _choose('model', model, VIT_MODELS + ('vit_l16', 'vit_ti4', 'vit_tiny'))  # vit_l16: beyond the paper
   _choose('updater', updater, VIT_UPDATERS)
   _choose('aug', aug, VIT_AUGS)
+  _choose('steps', steps, VIT_STEPS)
   c = get_base_config('plain' if updater == 'adamw' else updater)
   c.data.name = 'imagenet2012'
   c.data.image_size = 224
@@ -263,7 +268,9 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
   c.schedule.update(name='linear', warmup_steps=10_000, end_lr=3e-5)
   c.loss, c.label_smoothing = 'sigmoid_xent', 1e-4
   c.mixup_alpha = VIT_MIXUP_ALPHA if aug in ('mixup', 'mixup_ra') else 0.0
-  c.batch_size, c.num_epochs, c.total_steps = 4096, 300.0, None  # 300 epochs of train[:99%]: 92,897
+  c.batch_size, c.num_epochs = 4096, 300.0
+  # run.sh's 93,834 steps by default (303 epochs of train[:99%]); 'epochs': the rule's 300 epochs, 92,897
+  c.total_steps = OFFICIAL_TOTAL_STEPS if steps == 'official' else None
   c.compute_dtype = 'bfloat16'
   c.eval_sets, c.eval_batch_size = IMAGENET_EVAL_SETS, 1024
   c.eval_intervals = dict(VIT_EVAL_INTERVALS)

@@ -13,6 +13,9 @@ Arguments (``key=value``, comma-separated):
   rho_max, rho_min, lam   override the lr-tied ρ range and λ (Fig. 3(b) and 3(c) sweeps)
   m         examples per ascent group (default 16: the official per-TPU-core batch; SAM 32, the pair
             ViT-SAM's ρ goes with; none = whole batch)
+  steps     official (default): 93,834 steps, the official run.sh's count, which produced the paper's
+            numbers (γ's cosine and the lr decay run over it) | epochs: 300 epochs of train[:99%],
+            ⌊300·1,268,355/4096⌋ = 92,897 steps, the paper's stated epoch count
   runlocal  1: a 2-step CPU-sized run of the same config (vit_tiny, 32 px, batch 16), tfds mock data
 
 Every run evaluates on ImageNet val, ReaL, v2, R (200-class mask) and C (mean top-1 over 15 × 5), so
@@ -23,8 +26,8 @@ training: minival (train[99%:]) every 1,000 steps for the curve, val/ReaL/v2/R e
 Hyper-parameters and their sources (details in configs/families.py):
   batch 4096, 300 epochs, Inception crop, 224 px      [paper Table 3/4 captions]
   train on train[:99%] (minival = train[99%:])        [R-SAM code input_pipeline.py]
-  300 epochs of it: ⌊300·1,268,355/4096⌋ = 92,897 steps
-                                                      (run.sh: 93,834 on the same split, 303 epochs)
+  93,834 steps (303 epochs of it; steps=epochs:      [R-SAM code run.sh --total_steps 93834]
+    300 epochs, ⌊300·1,268,355/4096⌋ = 92,897)
   eval: resize 256x256 (aspect not kept), crop 224    [R-SAM code input_pipeline.py]
   step index t = step + 1 for ρ's branch and γ        [R-SAM code train.py]
   AdamW β 0.9/0.999, wd 0.3, lr 3e-3, 10k warm-up,
@@ -52,11 +55,11 @@ def get_config(arg=None, **fixed):
   a = families.parse_arg(
       arg, model=fixed.get('model', 'vit_b16'), updater=fixed.get('updater', 'rsam'), aug='none',
       rho_max=(float, None), rho_min=(float, None), lam=(float, None), m=(int, families.DEFAULT_M),
-      runlocal=False)
+      steps='official', runlocal=False)
   for key, value in fixed.items():
     if a[key] != value:
       raise families.ConfigError(f'this config fixes {key}={value}; use configs/imagenet_vit.py for '
                                  f'{key}={a[key]}')
   c = families.imagenet_vit(a.model, a.updater, aug=a.aug, rho_max=a.rho_max, rho_min=a.rho_min,
-                            lam=a.lam, m=a.m)
+                            lam=a.lam, m=a.m, steps=a.steps)
   return families.runlocal(c) if a.runlocal else c

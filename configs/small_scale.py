@@ -9,6 +9,10 @@ The argument is ``key=value`` pairs separated by commas:
   rho, lam, gamma, gamma_growth, alpha   override the updater's TUNED value (the val sweep uses them)
   data      noisy320 (default: the setting below) | clean (the whole clean digits train split, 1,077
             images, same recipe: 100 epochs = 1,682 steps; the converged checkpoints of Fig. 1/2, issue #14)
+  draw      int: another draw of the noisy subset (data.subset_seed: which 320 train images, which 30%
+            of their labels flipped, hence which 757 are train_unused); val and test stay the same.
+            Absent: draw 0, the subset every run before issue #26 trained on (issue #26's study tunes
+            on it and runs its finals on draws 1-16).
 
 Setting (``SETTING``, the same budget for every updater): digits, the first 320 train images (32 per
 class) with 30% of their labels replaced by a wrong class (data.label_noise, seeded by split_seed and
@@ -64,8 +68,10 @@ def parse_arg(arg, updaters=UPDATERS, hyper=HYPER) -> dict:
       if value not in updaters:
         raise ValueError(f"updater={value!r}; choose one of: {', '.join(updaters)}")
       out[key] = value
-    elif key == 'seed':
+    elif key in ('seed', 'draw'):
       out[key] = int(value)
+      if key == 'draw' and out[key] < 0:
+        raise ValueError(f"draw={value}: use an int >= 0")
     elif key == 'data':
       if value not in DATA:
         raise ValueError(f"data={value!r}; choose one of: {', '.join(DATA)}")
@@ -73,7 +79,7 @@ def parse_arg(arg, updaters=UPDATERS, hyper=HYPER) -> dict:
     elif key in hyper:
       out[key] = float(value)
     else:
-      raise ValueError(f"unknown key {key!r}; use updater, seed, data, {', '.join(hyper)}")
+      raise ValueError(f"unknown key {key!r}; use updater, seed, data, draw, {', '.join(hyper)}")
   return out
 
 
@@ -82,11 +88,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   name = args.pop('updater', 'rsam')
   seed = args.pop('seed', 0)
   data = DATA[args.pop('data', 'noisy320')]
+  draw = args.pop('draw', None)
   c = get_base_config(name)
   c.seed = seed
   c.data.name = 'digits'
   c.data.train_subset = data['train_subset']
   c.data.label_noise = data['label_noise']
+  if draw is not None:
+    c.data.subset_seed = draw
   c.model.name = 'resnet_tiny'
   c.optimizer.lr = SETTING['lr']
   c.batch_size = SETTING['batch_size']

@@ -11,10 +11,11 @@ The argument is ``key=value`` pairs separated by commas (configs/small_scale.py'
             official ratio to it: R-SAM 1.5/2.5, GSAM B/16 0.2/0.6)
   lam, gamma, alpha   override TUNED (the val sweep uses them)
   head_bias the head's initial bias (default SETTING['head_bias'], see below)
+  draw      another draw of the noisy subset (data.subset_seed; configs/small_scale.py); absent: draw 0
 
 What is kept from the official ViT recipe (configs/imagenet_vit.py), scaled to 8x8 digits:
   AdamW β 0.9/0.999, decoupled weight decay 0.3 × lr on every leaf, gradient clip 1.0
-  linear warm-up over the first ~11% of the steps (official 10k of 92,897), then linear decay to lr/100
+  linear warm-up over the first ~11% of the steps (official 10k of 93,834), then linear decay to lr/100
   sigmoid cross-entropy, smoothing 1e-4, token pooling + tanh pre-logits, dropout 0.1
   SAM: constant ρ (ViT-SAM);  R-SAM: ρ tied to the lr from rho_max down to 0.6·rho_max, with the warm-up
   branch over the lr's warm-up, λ 2, γ 5e-4 growing ×5 on the cosine;  GSAM: ρ lr-tied rho_max → rho_max/3,
@@ -62,6 +63,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   name = args.pop('updater', 'rsam')
   seed = args.pop('seed', 0)
   head_bias = args.pop('head_bias', SETTING['head_bias'])
+  draw = args.pop('draw', None)
   if args.pop('data', 'noisy320') != 'noisy320':
     raise ValueError('configs/small_scale_vit.py trains on the noisy320 digits only; drop data=')
   c = get_base_config('plain' if name == 'adamw' else name)
@@ -69,6 +71,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.name = 'digits'
   c.data.train_subset = SETTING['train_subset']
   c.data.label_noise = SETTING['label_noise']
+  if draw is not None:
+    c.data.subset_seed = draw
   c.model.name = 'vit_tiny'
   c.model.overrides = dict(MODEL, pool='token', representation_size=MODEL['hidden_size'],
                            head_bias_init=head_bias, dropout_rate=0.1, attention_dropout_rate=0.0)

@@ -8,8 +8,9 @@ here to confirm 0.05; m = 4096 images / 64 TPU v3 chips × 2 cores, per-device a
 Everything else is the shared ViT recipe of configs/imagenet_vit.py (sources there and in
 configs/families.py): AdamW β 0.9/0.999, wd 0.3 (every leaf), lr 3e-3, 10k warm-up, linear decay to 3e-5,
 clip 1.0; dropout 0.1; sigmoid xent, smoothing 1e-4, head bias -10, token pool + tanh pre-logits;
-batch 4096, 300 epochs of train[:99%] (92,897 steps; the official run.sh: 93,834); Inception crop 224; bfloat16.
-Arguments: aug=none|mixup|mixup_ra, rho_max=, rho_min=, lam=, m=, runlocal=1.
+batch 4096, 93,834 steps of train[:99%] (the official run.sh; steps=epochs: 300 epochs, 92,897);
+Inception crop 224; bfloat16.
+Arguments: aug=none|mixup|mixup_ra, rho_max=, rho_min=, lam=, m=, steps=official|epochs, runlocal=1.
 """
 from configs import imagenet_vit
 

@@ -3,8 +3,8 @@ r"""ViT-L/16 + R-SAM on ImageNet-1k: beyond the paper (which stops at ViT-B/16),
     python train.py --config configs/vit_l16_rsam.py --workdir gs://BUCKET/vit_l16_rsam
     python train.py --config configs/vit_l16_rsam.py:runlocal=1 --workdir runs/vit_l16_local  # 2 CPU steps
 
-The ViT-B/16 R-SAM recipe of configs/imagenet_vit.py (AdamW, lr 3e-3, 10k warm-up, batch 4096, 300
-epochs, ρ 2.5 → 1.5 lr-tied, λ 2, γ0 5e-4 ×5, m 16) on ViT-L/16 (24 layers, width 1024, 16 heads, MLP
+The ViT-B/16 R-SAM recipe of configs/imagenet_vit.py (AdamW, lr 3e-3, 10k warm-up, batch 4096, 93,834
+steps, ρ 2.5 → 1.5 lr-tied, λ 2, γ0 5e-4 ×5, m 16) on ViT-L/16 (24 layers, width 1024, 16 heads, MLP
 4096; 305.4M parameters with the 1000-class head and pre-logits). Its hyper-parameters are B/16's, untuned
 for L/16: a starting point, not a published result.
 
@@ -22,7 +22,7 @@ The step adds, whatever the fsdp size, its parameter-sized float32 temporaries (
 images; those two are estimates, not measured here (no accelerator was available). Replicated, state and
 temporaries alone come to about 9 GiB before activations: too much for a 16 GiB TPU v3 core;
 fsdp=8 takes 3 GiB of it away.
-Arguments: as configs/imagenet_vit.py (aug=, rho_max=, rho_min=, lam=, m=, runlocal=1).
+Arguments: as configs/imagenet_vit.py (aug=, rho_max=, rho_min=, lam=, m=, steps=, runlocal=1).
 """
 from configs import imagenet_vit
 

@@ -57,6 +57,11 @@ The data config (an `ml_collections.ConfigDict`, read once by `resolve`):
   label_noise           0.0. Fraction of the (subset) train labels replaced by a different,
                         uniformly drawn class (exactly round(fraction * N) labels change; the
                         choice is seeded by split_seed and fixed across runs).
+  subset_seed           None. Another draw of the training data inside the same split (issue #26's
+                        data draws): the train split's seeded class round-robin order, hence which
+                        images train_subset takes, and which labels label_noise flips, come from this
+                        seed instead of split_seed. val and test stay split_seed's (tuning on val
+                        never sees a draw's evaluation images). None: split_seed (the fixed default).
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ _KNOWN_FIELDS = (
     'name', 'data_dir', 'num_train_examples', 'image_size', 'eval_resize', 'eval_resize_mode', 'augment',
     'randaugment_layers', 'randaugment_magnitude', 'shuffle_buffer', 'cache', 'train_split',
     'imagenet_r_protocol', 'imagenet_c_corruptions', 'imagenet_c_severities', 'split_seed',
-    'train_subset', 'label_noise', 'mock_examples')
+    'train_subset', 'label_noise', 'mock_examples', 'subset_seed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +137,7 @@ class DataSpec:
   train_subset: Optional[int]
   label_noise: float
   mock_examples: int = 0
+  subset_seed: Optional[int] = None
 
 
 def _get(config, field, default=None):
@@ -220,6 +226,11 @@ def resolve(data_config) -> DataSpec:
     raise DataError(f"data.train_subset={train_subset} must be a positive int")
   if not 0.0 <= label_noise <= 1.0:
     raise DataError(f"data.label_noise={label_noise} must be a fraction in [0, 1]")
+  subset_seed = _get(data_config, 'subset_seed')
+  if subset_seed is not None and (name != 'digits' or isinstance(subset_seed, bool) or
+                                  not isinstance(subset_seed, (int, np.integer)) or subset_seed < 0):
+    raise DataError(f"data.subset_seed={subset_seed!r} must be an int >= 0, for digits only (None: "
+                    f"the split_seed draw)")
   mock_examples = _get(data_config, 'mock_examples', 0)
   if not isinstance(mock_examples, (int, np.integer)) or isinstance(mock_examples, bool) or mock_examples < 0:
     raise DataError(f"data.mock_examples={mock_examples!r} must be an int >= 0 (0: the real dataset)")
@@ -244,6 +255,7 @@ def resolve(data_config) -> DataSpec:
       train_subset=None if train_subset is None else int(train_subset),
       label_noise=label_noise,
       mock_examples=0 if name == 'digits' else int(mock_examples),
+      subset_seed=None if subset_seed is None else int(subset_seed),
   )
 
 
@@ -463,8 +475,8 @@ DIGITS_SIZES = {'train': 1077, 'val': 360, 'test': 360}
 DIGITS_UNUSED = 'train_unused'
 
 
-@functools.lru_cache(maxsize=8)
-def _digits_splits(split_seed: int):
+@functools.lru_cache(maxsize=64)
+def _digits_splits(split_seed: int, subset_seed: Optional[int] = None):
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   digits = sk_datasets.load_digits()
@@ -476,8 +488,9 @@ def _digits_splits(split_seed: int):
   train, val = model_selection.train_test_split(
       rest, test_size=360, stratify=y[rest], random_state=split_seed)
   # Train split in class round-robin order (each class in a seeded random order), so that any
-  # prefix -- `train_subset` -- is stratified and smaller subsets are nested in larger ones.
-  rng = np.random.default_rng([split_seed, 0])
+  # prefix -- `train_subset` -- is stratified and smaller subsets are nested in larger ones. The order's
+  # seed is the data draw's (subset_seed), split_seed's by default.
+  rng = np.random.default_rng([split_seed if subset_seed is None else subset_seed, 0])
   per_class = [rng.permutation(train[y[train] == c]) for c in range(10)]
   rank = np.concatenate([np.arange(len(p)) for p in per_class])
   cls = np.concatenate([np.full(len(p), c) for c, p in enumerate(per_class)])
@@ -500,7 +513,7 @@ def digits_split(spec: DataSpec, split: str):
   """(images float32 [N, 8, 8, 1] in 0..16, labels int32 [N]) of a digits split, with
   train_subset and label_noise applied to 'train'; DIGITS_UNUSED: the train images after the first
   train_subset, true labels."""
-  x, y, splits, _, _ = _digits_splits(spec.split_seed)
+  x, y, splits, _, _ = _digits_splits(spec.split_seed, spec.subset_seed)
   if split == DIGITS_UNUSED:
     if spec.train_subset is None or spec.train_subset >= len(splits['train']):
       raise DataError(f"eval set {DIGITS_UNUSED!r} holds the train images data.train_subset leaves out, "
@@ -517,7 +530,8 @@ def digits_split(spec: DataSpec, split: str):
                         f"({len(idx)} examples)")
       images, labels = images[:spec.train_subset], labels[:spec.train_subset]
     if spec.label_noise:
-      labels = noisy_labels(labels, spec.label_noise, seed=spec.split_seed, num_classes=10)
+      labels = noisy_labels(labels, spec.label_noise, num_classes=10,
+                            seed=spec.split_seed if spec.subset_seed is None else spec.subset_seed)
   return images, labels
 
 

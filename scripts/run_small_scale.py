@@ -74,8 +74,17 @@ TUNE_GRID_STAGE2 = (
 # Issue #14's Fig. 3(c): R-SAM's λ at its tuned ρ = 0.2 (the first λ axis ran at ρ = 0.1), tuning seeds;
 # run after TUNED was fixed and not used to change it (so not part of 'all').
 TUNE_GRID_FIG3 = [f'updater=rsam,rho=0.2,lam={l},gamma=0.002' for l in (0.5, 8.0)]
+# Issue #26's pre-registered study (results/small_scale/noise_regime/preregistration.md): SAM's ρ again,
+# and R-SAM whose ascent is mostly noise (‖δ0‖/‖λĝ‖ ≥ 1 through λ and/or γ) with ρ scaled up, on the same
+# tuning seeds; the val winner of each, R-SAM among the configs that trained in that regime (--select).
+NOISE_REGIME_SAM_RHOS = (0.1, 0.2, 0.35, 0.5)
+NOISE_REGIME_RSAM_RHOS = (0.2, 0.35, 0.5, 0.7, 1.0)
+NOISE_REGIME_NOISE = ((0.5, 0.002), (2.0, 0.006), (2.0, 0.02), (0.5, 0.006))  # (λ, γ)
+NOISE_REGIME_GRID = (
+    [f'updater=sam,rho={r}' for r in NOISE_REGIME_SAM_RHOS] +
+    [f'updater=rsam,rho={r},lam={l},gamma={g}' for l, g in NOISE_REGIME_NOISE for r in NOISE_REGIME_RSAM_RHOS])
 GRIDS = {'base': TUNE_GRID, 'ext': TUNE_GRID_EXT, 'stage2': TUNE_GRID_STAGE2, 'fig3': TUNE_GRID_FIG3,
-         'all': TUNE_GRID + TUNE_GRID_EXT + TUNE_GRID_STAGE2}
+         'all': TUNE_GRID + TUNE_GRID_EXT + TUNE_GRID_STAGE2, 'noise_regime': NOISE_REGIME_GRID}
 FINAL_UPDATERS = ('plain', 'lpf_sgd', 'sam', 'rsam', 'gsam', 'rgsam')
 FINAL_SEEDS = (100, 101, 102, 103, 104)  # fresh seeds: none of them was used to pick TUNED
 
@@ -114,10 +123,30 @@ def run_name(arg: str) -> str:
   return arg.replace('updater=', '').replace(',', '_').replace('=', '')
 
 
-def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all', family: str = 'resnet') -> list:
+def phase_runs(phase: str, custom, seeds, updaters=None, grid: str = 'all', family: str = 'resnet',
+               draws=None) -> list:
+  """The config args of a phase's runs. ``draws`` (final/custom): data draws of the noisy subset (the
+  configs' ``draw=``); ``seeds`` is then split into len(draws) consecutive blocks, block i for draws[i]
+  (every draw its own seeds), and the runs go draw by draw, config by config: the order the programs
+  train in. A final phase with ``custom`` args runs those instead of the family's updaters, a tune phase
+  instead of its grid (an edge extension of a sweep)."""
   f = FAMILIES[family]
   if phase == 'tune':
-    runs = [f'{a},seed={s}' for s in (seeds or f['tune_seeds']) for a in f['grids'][grid]]
+    if draws:
+      raise ValueError('--draws is for the final and custom phases; tuning reads draw 0')
+    runs = [f'{a},seed={s}' for s in (seeds or f['tune_seeds']) for a in (list(custom) or f['grids'][grid])]
+  elif draws:
+    seeds = list(seeds or ())
+    if not seeds or len(seeds) % len(draws):
+      raise ValueError(f'--draws {" ".join(map(str, draws))} needs --seeds in {len(draws)} equal blocks, one '
+                       f'per draw; got {len(seeds)} seeds')
+    if len(set(seeds)) != len(seeds):
+      raise ValueError('--seeds repeats a seed; with --draws every draw takes its own seeds')
+    m = len(seeds) // len(draws)
+    args = list(custom) or [f'updater={u}' for u in f['updaters']]
+    runs = [f'{a},draw={d},seed={s}' for i, d in enumerate(draws) for a in args for s in seeds[i * m:(i + 1) * m]]
+  elif phase == 'final' and custom:
+    runs = [f'{a},seed={s}' for s in (seeds or f['final_seeds']) for a in custom]
   elif phase == 'final':
     runs = [f'updater={u},seed={s}' for s in (seeds or f['final_seeds']) for u in f['updaters']]
   else:
@@ -171,14 +200,16 @@ def _updater(rest: str) -> str:
 
 
 def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS,
-                       half_width: float = TARGET_HALF_WIDTH) -> str:
+                       half_width: float = TARGET_HALF_WIDTH, seeds=None) -> str:
   """Markdown: each updater's accuracy (mean ± s.e.m. over seeds), then per pair (a, b) of updaters the
   per-seed differences a − b in points (a seed fixes the init, the data order and the augmentation for
   both) with their mean, sd, s.e.m., 95% t interval, wins, and the seeds an interval of ± ``half_width``
   would need at this sd (rsam/training/seed_stats.py). One config per updater is expected (a final
-  phase); the phase's runs.jsonl is read through rsam/training/paths.py."""
+  phase); the phase's runs.jsonl is read through rsam/training/paths.py. ``seeds``: only these seeds (the
+  state of a table when it had fewer)."""
   from rsam.training import seed_stats
-  acc = {(_updater(rest), seed): v for (rest, seed), v in read_accuracies(out_dir, eval_set).items()}
+  acc = {(_updater(rest), seed): v for (rest, seed), v in read_accuracies(out_dir, eval_set).items()
+         if seeds is None or seed in set(seeds)}
   updaters = sorted({u for u, _ in acc}, key=lambda u: [p for p in PAIRS for p in p].index(u)
                     if u in [p for p in PAIRS for p in p] else 99)
   out = [f'Accuracy on {eval_set} (points, mean ± s.e.m. over seeds)', '', '| updater | n | mean ± s.e.m. | sd |',
@@ -187,17 +218,28 @@ def paired_differences(out_dir: str, eval_set: str = 'test', pairs=PAIRS,
     values = [v for (w, _), v in sorted(acc.items()) if w == u]
     mean, sem, n = seed_stats.mean_sem(values)
     out.append(f'| {u} | {n} | {mean:.2f} ± {sem:.2f} | {seed_stats.std(values):.2f} |')
-  out += ['', f'Paired differences on {eval_set} (accuracy points, a − b on the same seed)', '',
-          f'| a − b | n | mean | sd | s.e.m. | 95% CI | a wins | seeds for ±{half_width} |',
-          '|---|---|---|---|---|---|---|---|']
+  rows = []
   for a, b in pairs:
     seeds = sorted(s for (u, s) in acc if u == a and (b, s) in acc)
-    if not seeds:
-      continue
-    p = seed_stats.paired([acc[(a, s)] - acc[(b, s)] for s in seeds])
+    if seeds:
+      rows.append((a, b, seeds, seed_stats.paired([acc[(a, s)] - acc[(b, s)] for s in seeds])))
+  tested = [i for i, r in enumerate(rows) if r[3]['p'] == r[3]['p']]
+  holm = dict(zip(tested, seed_stats.holm([rows[i][3]['p'] for i in tested])))
+  out += ['', f'Paired differences on {eval_set} (accuracy points, a − b on the same seed; p: the paired t '
+          f'test; Holm: over the {len(tested)} pairs of this table)', '',
+          f'| a − b | n | mean | sd | s.e.m. | 95% CI | a wins | seeds for ±{half_width} | p | Holm p |',
+          '|---|---|---|---|---|---|---|---|---|---|']
+  for i, (a, b, seeds, p) in enumerate(rows):
     need = seed_stats.seeds_needed(p['sd'], half_width) if p['n'] > 1 else 'n/a'
     out.append(f"| {a} − {b} | {p['n']} | {p['mean']:+.2f} | {p['sd']:.2f} | {p['sem']:.2f} | "
-               f"[{p['low']:+.2f}, {p['high']:+.2f}] | {p['positive']}/{p['n']} | {need} |")
+               f"[{p['low']:+.2f}, {p['high']:+.2f}] | {p['positive']}/{p['n']} | {need} | {p['p']:.3f} | "
+               f"{holm.get(i, float('nan')):.3f} |")
+  corr = [(a, b, seed_stats.correlation([acc[(a, s)] for s in seeds], [acc[(b, s)] for s in seeds]))
+          for a, b, seeds, _ in rows if len(seeds) >= 4]
+  if corr:
+    out += ['', 'Correlation of the two updaters\' accuracies over the same seeds (Pearson r, 95% Fisher '
+            'interval): pairing narrows a − b only as far as r > 0', '', '| a, b | n | r | 95% CI |', '|---|---|---|---|']
+    out += [f"| {a}, {b} | {c['n']} | {c['r']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] |" for a, b, c in corr]
   return '\n'.join(out)
 
 
@@ -246,9 +288,228 @@ def power_from_tuning(out_dir: str, chosen: dict, eval_set: str = 'val', pair=('
   return '\n'.join(lines)
 
 
+COMPOSITION = ('noise_grad_ratio', 'ascent_grad_cos', 'noise_norm', 'lam_grad_norm')
+NOISY_ASCENT = ('rsam', 'rgsam')  # the updaters whose ascent has δ0 (a run without its log is not eligible)
+BURN_IN = 0.2  # composition: the train_log windows that end after this fraction of the steps
+
+
+def _items(arg: str) -> dict:
+  return dict(kv.split('=', 1) for kv in arg.split(',') if kv)
+
+
+def arm_of(arg: str) -> frozenset:
+  """A run's arm: its config arg without seed and draw, as a set of key=value (order-free)."""
+  return frozenset((k, v) for k, v in _items(arg).items() if k not in ('seed', 'draw'))
+
+
+def read_runs(out_dir: str, eval_set: str) -> list:
+  """One dict per line of ``<out_dir>/runs.jsonl``: name, arm (``arm_of``), draw (0 when absent), seed and
+  accuracy in points on ``eval_set`` (sets joined by '+' pooled by their sizes, as ``read_accuracies``)."""
+  from rsam.training import paths, seed_stats
+  rows = []
+  for line in paths.read_text(paths.path(out_dir) / 'runs.jsonl').splitlines():
+    if not line.strip():
+      continue
+    d = json.loads(line)
+    items = _items(d['arg'])
+    sets = eval_set.split('+')
+    value = d[eval_set] if len(sets) == 1 else seed_stats.pooled_accuracy({k: d[k] for k in sets}, d['counts'])
+    rows.append({'name': d['name'], 'arm': arm_of(d['arg']), 'draw': int(items.get('draw', 0)),
+                 'seed': int(items.get('seed', 0)), 'acc': 100.0 * value})
+  return rows
+
+
+def run_composition(train_log, burn_in: float = BURN_IN) -> dict:
+  """A run's ascent composition (R-SAM's train_log, rsam.updaters.ascent_composition): the mean of each of
+  ``COMPOSITION`` over the logged windows that end after ``burn_in`` of the run's steps, and the share of
+  the ascent along ĝ, cos² of that mean cosine. {} for an updater without noise (SAM: ratio 0, cos 1)."""
+  if not train_log or 'noise_grad_ratio' not in train_log[-1]:
+    return {}
+  last = max(r['step'] for r in train_log)
+  rows = [r for r in train_log if r['step'] > burn_in * last]
+  out = {k: sum(r[k] for r in rows) / len(rows) for k in COMPOSITION}
+  out['grad_share'] = out['ascent_grad_cos'] ** 2
+  return out
+
+
+def _quantiles(values):
+  import numpy as np
+  return [float(q) for q in np.quantile(np.asarray(values, float), (0.0, 0.25, 0.5, 0.75, 1.0))]
+
+
+def arm_composition(out_dir: str, names) -> dict:
+  """The composition of the runs ``names`` of ``out_dir`` (their results.json): per quantity the
+  quantiles (min, q1, median, q3, max) over runs, and the share of runs with ‖δ0‖/‖λĝ‖ ≥ 1; {} for SAM."""
+  from rsam.training import paths
+  per_run = [run_composition(paths.read_json(paths.path(out_dir) / n / 'results.json').get('train_log'))
+             for n in names]
+  per_run = [c for c in per_run if c]
+  if not per_run:
+    return {}
+  out = {k: _quantiles([c[k] for c in per_run]) for k in COMPOSITION + ('grad_share',)}
+  out['runs'] = len(per_run)
+  out['ratio_at_least_1'] = sum(c['noise_grad_ratio'] >= 1 for c in per_run)
+  return out
+
+
+def _arm_label(arm: frozenset) -> str:
+  keys = ['updater'] + sorted(k for k, _ in arm if k != 'updater')
+  return ','.join(f'{k}={dict(arm)[k]}' for k in keys if k in dict(arm))
+
+
+def select_from_tuning(out_dir: str, eval_set: str = 'val', min_ratio: float = 1.0) -> str:
+  """Markdown: every config of a tuning phase with its mean ± sd accuracy over seeds on ``eval_set``
+  and, for R-SAM, its composition (each run's mean over the windows after ``BURN_IN``; the mean over
+  seeds). The choice: per updater the highest mean; for R-SAM only among the configs whose mean ratio
+  ‖δ0‖/‖λĝ‖ is at least ``min_ratio`` (the regime the study asks for); an R-SAM/R-GSAM config whose runs
+  did not log the composition is not eligible."""
+  from rsam.training import paths, seed_stats
+  by_arm = {}
+  for r in read_runs(out_dir, eval_set):
+    by_arm.setdefault(r['arm'], []).append(r)
+  rows = []
+  for arm, runs in by_arm.items():
+    comps = [run_composition(paths.read_json(paths.path(out_dir) / r['name'] / 'results.json').get('train_log'))
+             for r in runs]
+    comps = [c for c in comps if c]
+    comp = {k: sum(c[k] for c in comps) / len(comps) for k in comps[0]} if comps else {}
+    values = [r['acc'] for r in runs]
+    noisy = dict(arm)['updater'] in NOISY_ASCENT
+    rows.append({'arm': arm, 'updater': dict(arm)['updater'], 'n': len(values), 'mean': sum(values) / len(values),
+                 'sd': seed_stats.std(values), 'comp': comp, 'noisy': noisy,
+                 'eligible': comp['noise_grad_ratio'] >= min_ratio if noisy and comp else not noisy})
+  rows.sort(key=lambda r: (r['updater'], _arm_label(r['arm'])))
+  out = [f'Tuning on {eval_set} ({out_dir}); R-SAM eligible when its mean ‖δ0‖/‖λĝ‖ ≥ {min_ratio:g} (windows '
+         f'after {BURN_IN:.0%} of the steps)', '',
+         f'| config | seeds | {eval_set} % mean ± sd | ‖δ0‖/‖λĝ‖ | cos(δ0+λĝ, ĝ) | share along ĝ | eligible |',
+         '|---|---|---|---|---|---|---|']
+  best = {}
+  for r in rows:
+    c = r['comp']
+    comp = (f"{c['noise_grad_ratio']:.2f} | {c['ascent_grad_cos']:.3f} | {c['grad_share']:.2f}" if c
+            else 'not logged | — | —' if r['noisy'] else '0 (no noise) | 1 | 1')
+    out.append(f"| {_arm_label(r['arm'])} | {r['n']} | {r['mean']:.2f} ± {r['sd']:.2f} | {comp} | "
+               f"{'yes' if r['eligible'] else 'no'} |")
+    if r['eligible'] and (r['updater'] not in best or r['mean'] > best[r['updater']]['mean']):
+      best[r['updater']] = r
+  out += ['', 'Chosen (the highest mean of the eligible configs of each updater):']
+  out += [f"- {u}: {_arm_label(r['arm'])} ({r['mean']:.2f} ± {r['sd']:.2f}, {r['n']} seeds)"
+          for u, r in sorted(best.items())]
+  return '\n'.join(out)
+
+
+def two_level_report(out_dir: str, eval_set: str, arm_a: str, arm_b: str, effect: float,
+                     alpha: float = 0.05) -> dict:
+  """The pre-registered analysis of one comparison: per (draw, seed) the paired difference a − b of the
+  two arms (config args without seed and draw) on ``eval_set``; ``seed_stats.two_level`` over the draws
+  (primary: the t test on the draw means, k − 1 dof; conditional: draws fixed); the (1 − α) interval of
+  the primary test; the power of the design against ``effect`` at the σ̂ and τ̂ it measured; each arm's
+  accuracy and composition. Returns a dict (``format_two_level`` prints it)."""
+  from rsam.training import seed_stats
+  a, b = arm_of(arm_a), arm_of(arm_b)
+  rows = read_runs(out_dir, eval_set)
+  acc = {(r['arm'], r['draw'], r['seed']): r for r in rows}
+  keys = sorted((d, s) for (arm, d, s) in acc if arm == a and (b, d, s) in acc)
+  if not keys:
+    raise ValueError(f'{out_dir} has no (draw, seed) run by both {arm_a} and {arm_b}')
+  groups = {}
+  for d, s in keys:
+    groups.setdefault(d, []).append(acc[(a, d, s)]['acc'] - acc[(b, d, s)]['acc'])
+  result = seed_stats.two_level(groups, confidence=1 - alpha)
+  comp = result['components']
+  per_group = min(result['sizes'].values())
+  sigma, tau = math.sqrt(comp['sigma2_within']), math.sqrt(comp['tau2_between'])
+  arms = {}
+  for label, arm in (('a', a), ('b', b)):
+    values = [acc[(arm, d, s)]['acc'] for d, s in keys]
+    mean, sem, n = seed_stats.mean_sem(values)
+    draw_means = [sum(acc[(arm, d, s)]['acc'] for d2, s in keys if d2 == d) / result['sizes'][d] for d in groups]
+    arms[label] = {'config': _arm_label(arm), 'n': n, 'mean': mean, 'sd': seed_stats.std(values),
+                   'draw_means_sd': seed_stats.std(draw_means),
+                   'composition': arm_composition(out_dir, [acc[(arm, d, s)]['name'] for d, s in keys])}
+  return {'eval_set': eval_set, 'alpha': alpha, 'effect': effect, 'groups': groups, 'result': result,
+          'power_at_estimates': seed_stats.power_two_level(effect, sigma, tau, result['k'], per_group, alpha),
+          'arms': arms}
+
+
+def format_two_level(report: dict) -> str:
+  """Markdown of a ``two_level_report``."""
+  r, conf = report['result'], 1 - report['alpha']
+  p, c, comp = r['primary'], r['conditional'], r['components']
+  a, b = report['arms']['a'], report['arms']['b']
+  out = [f"{a['config']}  −  {b['config']}, on {report['eval_set']} (accuracy points)", '',
+         '| draw | pairs | mean a − b |', '|---|---|---|']
+  out += [f"| {d} | {r['sizes'][d]} | {r['means'][d]:+.2f} |" for d in r['means']]
+  out += ['', f"- primary (draws random; t test on the {r['k']} draw means, {p['dof']} dof): mean "
+          f"{p['mean']:+.3f}, se {p['se']:.3f}, t {p['t']:.2f}, p {p['p']:.4f}, {conf:.1%} CI "
+          f"[{p['low']:+.2f}, {p['high']:+.2f}]"]
+  if c:
+    out.append(f"- conditional (these draws fixed; {c['dof']} dof): se {c['se']:.3f}, t {c['t']:.2f}, "
+               f"p {c['p']:.4f}, {conf:.1%} CI [{c['low']:+.2f}, {c['high']:+.2f}]")
+  out.append(f"- variance components (ANOVA): σ within draws {math.sqrt(comp['sigma2_within']):.2f}, τ between "
+             f"draws {math.sqrt(comp['tau2_between']):.2f} (MSB {comp['msb']:.2f}, MSW {comp['msw']:.2f}, "
+             f"n₀ {comp['n0']:.1f}); {r['n']} pairs")
+  out.append(f"- power of this design against {report['effect']:+g} at level {report['alpha']:g} with the "
+             f"measured σ and τ: {report['power_at_estimates']:.2f}")
+  out += ['', '| arm | runs | mean ± sd | sd of draw means | ‖δ0‖/‖λĝ‖ min / q1 / median / q3 / max | '
+          'runs ≥ 1 | cos(δ0+λĝ, ĝ) median | share along ĝ median |', '|---|---|---|---|---|---|---|---|']
+  for arm in (a, b):
+    m = arm['composition']
+    comp_cells = (f"{' / '.join(f'{q:.2f}' for q in m['noise_grad_ratio'])} | {m['ratio_at_least_1']}/{m['runs']} "
+                  f"| {m['ascent_grad_cos'][2]:.3f} | {m['grad_share'][2]:.2f}") if m else '0 (no noise) | — | 1 | 1'
+    out.append(f"| {arm['config']} | {arm['n']} | {arm['mean']:.2f} ± {arm['sd']:.2f} | {arm['draw_means_sd']:.2f} "
+               f"| {comp_cells} |")
+  return '\n'.join(out)
+
+
+def holm_table(reports: dict, alpha: float = 0.05) -> str:
+  """Markdown: Holm's correction over the primary p of several ``two_level_report``s (name -> report)."""
+  from rsam.training import seed_stats
+  names = list(reports)
+  ps = [reports[n]['result']['primary']['p'] for n in names]
+  adjusted = seed_stats.holm(ps)
+  out = [f'Holm over {len(names)} confirmatory comparisons (family-wise α = {alpha:g})', '',
+         '| comparison | mean | p | Holm-adjusted p | rejected at α |', '|---|---|---|---|---|']
+  for n, p, q in zip(names, ps, adjusted):
+    out.append(f"| {n} | {reports[n]['result']['primary']['mean']:+.2f} | {p:.4f} | {q:.4f} | "
+               f"{'yes' if q <= alpha else 'no'} |")
+  return '\n'.join(out)
+
+
+def stability_cell_tests(dirs, key: str = 'cos_diff', alpha: float = 0.05) -> str:
+  """Markdown: Fig. 1/2's per-seed cells (scripts/gradient_stability.py's seed-aggregate summary.json of
+  each of ``dirs``: per noisy curve and ρ > 0, the per-seed values ``<key>_seeds``), each tested against 0
+  by a one-sample t test on its seeds (n − 1 dof), with Holm's correction over every cell of every dir
+  (the family of comparisons made), ``seed_stats.one_sample_tests``."""
+  from rsam.training import paths, seed_stats
+  cells = {}
+  for d in dirs:
+    summary = paths.read_json(paths.path(d) / 'summary.json')
+    for curve, values in summary['per_curve'].items():
+      if f'{key}_seeds' not in values:
+        continue
+      per_seed = values[f'{key}_seeds']
+      for i, rho in enumerate(summary['rhos']):
+        if rho > 0:
+          cells[(d.rstrip('/').rsplit('/', 1)[-1], curve, rho)] = [seed[i] for seed in per_seed]
+  tests = seed_stats.one_sample_tests(cells)
+  n = next(iter(tests.values()))['n'] if tests else 0
+  crit = seed_stats.critical_t(alpha, n - 1) if n > 1 else float('nan')
+  out = [f'{key}: one-sample t test per cell over {n} seeds ({n - 1} dof; two-sided {1 - alpha:.0%} critical t '
+         f'{crit:.2f}), Holm over all {len(tests)} cells', '',
+         '| folder | curve | ρ | mean | s.e.m. | t | p | Holm p |', '|---|---|---|---|---|---|---|---|']
+  for (d, curve, rho), r in tests.items():
+    out.append(f"| {d} | {curve} | {rho:g} | {r['mean']:+.3f} | {r['sem']:.3f} | {r['t']:.2f} | {r['p']:.3f} | "
+               f"{r.get('p_holm', float('nan')):.3f} |")
+  raw = sum(r['p'] <= alpha for r in tests.values())
+  held = sum(r.get('p_holm', 1.0) <= alpha for r in tests.values())
+  out += ['', f'{raw} of {len(tests)} cells have p ≤ {alpha:g} unadjusted; {held} after Holm.']
+  return '\n'.join(out)
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--phase', choices=('tune', 'final', 'custom'), required=True)
+  parser.add_argument('--phase', choices=('tune', 'final', 'custom'), default=None,
+                      help='required, except with --holm and --cell_tests')
   parser.add_argument('--family', choices=tuple(FAMILIES), default='resnet',
                       help='resnet: configs/small_scale.py (the ResNet tables); vit: configs/small_scale_vit.py (the ViT mini Table 3)')
   parser.add_argument('--runs', nargs='*', default=(), help='config args for --phase custom')
@@ -273,10 +534,58 @@ def main(argv=None):
                       "phase's runs (the tuning seeds), and exit; e.g. rsam=updater=rsam,rho_max=0.03 "
                       "sam=updater=sam,rho=0.01 for the difference rsam − sam")
   parser.add_argument('--power_eval_set', default='val', help='eval set of --power')
+  parser.add_argument('--draws', type=int, nargs='*', default=None,
+                      help='final/custom: data draws of the noisy subset (the configs\' draw=); --seeds is '
+                      'split into one block of seeds per draw')
+  parser.add_argument('--select', metavar='EVAL_SET', default=None,
+                      help="print the tuning phase's configs with their composition and the choice, and exit")
+  parser.add_argument('--min_ratio', type=float, default=1.0,
+                      help="--select: R-SAM configs need a mean ‖δ0‖/‖λĝ‖ of at least this")
+  parser.add_argument('--two_level', metavar='EVAL_SET', default=None,
+                      help='print the two-level analysis of the phase\'s runs for --arms A B (a − b), and exit')
+  parser.add_argument('--arms', nargs=2, metavar='ARG', default=None,
+                      help='--two_level: the two arms, config args without seed and draw')
+  parser.add_argument('--effect', type=float, default=None, help='--two_level: the effect the power is for')
+  parser.add_argument('--alpha', type=float, default=0.05, help='--two_level: the level of the test and '
+                      'interval (1 − alpha)')
+  parser.add_argument('--json', default=None, help='--two_level: also write the analysis to this JSON file')
+  parser.add_argument('--holm', nargs='+', metavar='NAME=JSON', default=None,
+                      help='print Holm\'s correction over the primary p of --two_level JSON files, and exit')
+  parser.add_argument('--cell_tests', nargs='+', metavar='KEY DIR', default=None,
+                      help='print the t test and Holm over the per-seed cells KEY (e.g. cos_diff, gain_diff) '
+                      'of gradient_stability.py seed-aggregate folders DIR..., and exit')
   args = parser.parse_args(argv)
+  if args.cell_tests:
+    if len(args.cell_tests) < 2:
+      parser.error('--cell_tests KEY DIR [DIR ...]: name the key and at least one folder')
+    print(stability_cell_tests(args.cell_tests[1:], args.cell_tests[0], args.alpha))
+    return
+  if args.holm:
+    if not all('=' in item for item in args.holm):
+      parser.error(f'--holm {" ".join(args.holm)}: write each as NAME=JSON')
+    from rsam.training import paths
+    print(holm_table({n: paths.read_json(f) for n, f in (item.split('=', 1) for item in args.holm)}, args.alpha))
+    return
+  if args.phase is None:
+    parser.error('the following arguments are required: --phase')
   phase_dir = os.path.join(args.out, FAMILIES[args.family]['subdir'], args.phase)
   if args.paired:
-    print(paired_differences(phase_dir, args.paired))
+    print(paired_differences(phase_dir, args.paired, seeds=args.seeds))
+    return
+  if args.select:
+    print(select_from_tuning(phase_dir, args.select, args.min_ratio))
+    return
+  if args.two_level:
+    if not args.arms or args.effect is None:
+      parser.error('--two_level needs --arms A B and --effect')
+    try:
+      report = two_level_report(phase_dir, args.two_level, *args.arms, effect=args.effect, alpha=args.alpha)
+    except ValueError as e:
+      parser.error(f'--two_level: {e}')
+    print(format_two_level(report))
+    if args.json:
+      from rsam.training import paths
+      paths.write_json(args.json, report)
     return
   if args.power:
     if not all('=updater=' in item for item in args.power):
@@ -292,7 +601,10 @@ def main(argv=None):
   family = FAMILIES[args.family]
   if args.grid not in family['grids']:
     parser.error(f"--grid {args.grid} is not a grid of --family {args.family}: {', '.join(family['grids'])}")
-  runs = phase_runs(args.phase, args.runs, args.seeds, args.updaters, args.grid, args.family)
+  try:
+    runs = phase_runs(args.phase, args.runs, args.seeds, args.updaters, args.grid, args.family, args.draws)
+  except ValueError as e:
+    parser.error(str(e))
   if args.dry_run:
     print('\n'.join(runs))
     return
@@ -346,7 +658,9 @@ def main(argv=None):
       finish(run_name(arg), arg, results, (time.time() - t0) / len(todo))
 
   if args.vmap:
-    from rsam.training import multi_seed
+    from rsam.training import compilation_cache, multi_seed
+    # programs of one config on other draws or seeds are the same program: compiled once, then loaded
+    compilation_cache.enable(config_of(runs[0]).get('compilation_cache_dir', '') if runs else '')
     for rest, members in seed_groups(runs).items():
       todo = [(seed, arg) for seed, arg in members if not paths.exists(out_dir / run_name(arg) / 'results.json')]
       if not todo:

@@ -113,10 +113,9 @@ def test_every_cell_validates_builds_and_counts_its_steps(cell):
   config_check.check_batch(config, num_devices=8, process_count=1)
   run = train_step.build(config, MESH)
   if config.data.name == 'imagenet2012':
-    # 300 epochs of train[:99%]: tfds's percent slices end at the closest example, round(0.99 · N).
+    # the official run.sh's 93,834 steps on train[:99%] (303 epochs of it; test_vit_step_count)
     assert config.data.train_split == 'train[:99%]'
-    assert run.total_steps == math.floor(300 * round(0.99 * IMAGENET_TRAIN) / 4096) == 92_897
-    assert families.OFFICIAL_TOTAL_STEPS - run.total_steps == 937  # run.sh's 93,834: 303 epochs of it
+    assert run.total_steps == families.OFFICIAL_TOTAL_STEPS == 93_834
     assert (config.num_epochs, config.batch_size) == (300, 4096)
   else:
     assert run.total_steps == expected_steps(config) == 200 * 50_000 // 128 == 78_125
@@ -212,7 +211,7 @@ def test_vit_values():
   # ViT-SAM's pair: its ρ with its per-device batch, 4096 images over 64 TPU v3 chips of 2 cores each.
   assert get('vit_b16_sam').updater.m == get('vit_s16_sam').updater.m == 4096 // (64 * 2) == 32
   assert get('vit_b16_sam', 'm=16').updater.m == 16 and get('vit_b16_sam', 'm=none').updater.m is None
-  assert get('vit_b16_rsam').data.train_split == 'train[:99%]' and get('vit_b16_rsam').total_steps is None
+  assert get('vit_b16_rsam').data.train_split == 'train[:99%]' and get('vit_b16_rsam').total_steps == 93_834
   assert get('vit_b16_rsam').data.eval_resize_mode == 'square' and 'minival' not in c.eval_sets
   assert get('vit_s16_rsam').model.overrides.representation_size == 384
   g, rg = get('vit_b16_gsam').updater, get('vit_b16_rgsam').updater
@@ -221,6 +220,30 @@ def test_vit_values():
       0.6, 0.2, 0.4, 2.0, 5e-4, 5.0)
   sweep = get('vit_b16_rsam', 'rho_max=2,rho_min=1.2,lam=4')
   assert (sweep.updater.rho_max, sweep.updater.rho_min, sweep.updater.lam) == (2.0, 1.2, 4.0)
+
+
+def test_vit_step_count_is_the_official_one_with_300_epochs_as_an_option():
+  """The official run.sh trains 93,834 steps on train[:99%] (303 epochs of it) and γ's cosine and the lr
+  run over that count: the default. steps=epochs gives the paper's 300 epochs of train[:99%]."""
+  get = lambda name, arg=None: importlib.import_module(f'configs.{name}').get_config(arg)  # noqa: E731
+  epochs300 = math.floor(300 * round(0.99 * IMAGENET_TRAIN) / 4096)  # tfds ends a % slice at round(0.99 N)
+  assert epochs300 == 92_897 == families.OFFICIAL_TOTAL_STEPS - 937
+  for name in ('vit_b16_rsam', 'vit_b16_sam', 'vit_s16_adamw', 'vit_l16_rsam', 'imagenet_vit'):
+    for arg, steps in ((None, 93_834), ('steps=official', 93_834), ('steps=epochs', epochs300)):
+      config = get(name, arg)
+      assert config_check.total_steps(config) == steps and config.num_epochs == 300
+      if name != 'vit_b16_rsam':
+        continue
+      run = train_step.build(config, MESH)
+      assert run.total_steps == steps
+      # γ grows on a cosine over the run's own T, 5e-4 -> 2.5e-3, and the lr reaches 3e-5 at T
+      rsam_updater = run.updater.updater  # m = 16: the per-group wrapper's updater
+      assert float(rsam_updater.gamma(steps)) == pytest.approx(2.5e-3, rel=1e-5)
+      assert float(rsam_updater.gamma(steps / 2)) == pytest.approx(1.5e-3, rel=1e-4)  # float32
+      assert float(run.schedule(steps)) == pytest.approx(3e-5, rel=1e-5)
+  assert get('vit_b16_rsam', 'steps=epochs,runlocal=1').total_steps == 2
+  with pytest.raises(ConfigError, match='steps'):
+    get('vit_b16_rsam', 'steps=300')
 
 
 def official_adam_steps(params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.3,
