@@ -364,3 +364,187 @@ def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
     uploads = gcs.uploads('rsam-two-processes', f'run/{name}')
     assert len(uploads) == 1, uploads
   assert json.loads(gcs.read('rsam-two-processes', 'run/results.json'))['hardware']['num_processes'] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The path layer's retries (rsam/training/paths.py), one request at a time: within the deadline a request
+# waits out an outage (one line), past it one StorageUnreachable, and a stop signal ends the wait early.
+
+RETRIED_WRITE = '''
+import sys, threading, time
+from rsam.training import paths
+paths.set_storage_retry(float(sys.argv[2]))
+paths.write_text(sys.argv[1] + '/before.txt', 'x')
+print('ready', flush=True)
+sys.stdin.readline()  # the outage has started
+if sys.argv[3] == 'stop':
+  threading.Timer(1.0, paths.stop_waiting).start()
+start = time.time()
+try:
+  paths.write_text(sys.argv[1] + '/during.txt', 'x')
+  print(f'written after {time.time() - start:.0f} s', flush=True)
+except paths.StorageUnreachable as e:
+  print(f'gave up after {time.time() - start:.0f} s: {e}', flush=True)
+'''
+
+
+def test_a_request_waits_out_an_outage_up_to_its_deadline(gcs):
+  from tests import fault_proxy
+  bucket = gcs.create_bucket('rsam-retries')
+  cases = {'within': (10, 30, '-'), 'past': (60, 4, '-'), 'signal': (60, 60, 'stop')}  # outage, deadline, stop
+  proxies, procs = {}, {}
+  try:
+    for name, (_, deadline, stop) in cases.items():
+      proxies[name] = fault_proxy.FaultProxy(gcs.url)
+      procs[name] = subprocess.Popen([sys.executable, '-c', RETRIED_WRITE, f'{bucket}/{name}', str(deadline), stop],
+                                     cwd=ROOT, env=dict(proxies[name].env(gcs.env()), PYTHONPATH=ROOT),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, proc in procs.items():
+      assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()[-2000:]
+      proxies[name].outage(cases[name][0])
+      proc.stdin.write('go\n')
+      proc.stdin.flush()
+    results = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
+  finally:
+    for proxy in proxies.values():
+      proxy.stop()
+  out, err = results['within']
+  assert re.fullmatch(r'written after (\d+) s\n', out) and int(out.split()[2]) >= 5, (out, err)
+  assert err.count('waiting for gs://rsam-retries: unreachable for ') == 1, err
+  assert 'gs://rsam-retries is reachable again after' in err and 'Traceback' not in err, err
+  out, err = results['past']
+  seconds = int(out.split()[3])
+  assert out.startswith('gave up after') and 4 <= seconds <= 8, (out, err)
+  assert re.search(r'gs://rsam-retries unreachable for [4-8] s', out) and 'config.storage_retry_s=4' in out, out
+  out, err = results['signal']
+  seconds = int(out.split()[3])
+  assert out.startswith('gave up after') and 'a signal asked the run to stop' in out, (out, err)
+  assert seconds <= 1 + 15 + 2, out  # STOP_GRACE_S after the signal, not the 60 s deadline
+  assert gcs.objects('rsam-retries', 'within/') == ['within/before.txt', 'within/during.txt']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The bucket under real faults (tests/fault_proxy.py between train.py and the emulator): lost replies, 503s,
+# resets and outages within config.storage_retry_s are waited out; a SIGTERM during an outage still stops
+# with 143 and says what was not saved; an outage past the deadline is one line and exit 69; the same
+# command then finishes bit-identical to the uninterrupted reference, every logged step in TensorBoard once.
+
+OUTAGES = 'rsam-outages'
+
+
+class _Run:
+  """train.py with stdout and stderr merged, read line by line; ``on(text, action)`` runs ``action`` once
+  at the first line that starts with ``text``."""
+
+  def __init__(self, command, env):
+    self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True)
+    self.watchdog = threading.Timer(600, lambda: os.killpg(self.proc.pid, signal.SIGKILL))
+    self.watchdog.start()
+    self.lines, self.actions = [], []
+
+  def on(self, text, action):
+    self.actions.append([text, action])
+    return self
+
+  def wait(self):
+    for line in self.proc.stdout:
+      self.lines.append((time.time(), line.rstrip()))
+      for pending in self.actions:
+        if pending[1] is not None and line.startswith(pending[0]):
+          pending[1](), pending.__setitem__(1, None)
+    rc = self.proc.wait()
+    self.watchdog.cancel()
+    self.text = '\n'.join(line for _, line in self.lines)
+    return rc
+
+
+@pytest.fixture(scope='module')
+def outages(gcs, chain):
+  from tests import fault_proxy
+  gcs.create_bucket(OUTAGES)
+  proxy = fault_proxy.FaultProxy(gcs.url, seed=1)
+  env = proxy.env(chain['env'])
+  workdir = f'gs://{OUTAGES}/run'
+  command = TRAIN + ['--workdir', workdir, f'--config.log_every_steps={LOG_EVERY}', '--config.lease_timeout_s=5']
+  out = {'workdir': workdir}
+  try:
+    # 1: 5% 503s and 5% resets on every request, the replies of 30% of the lease's writes lost (a heartbeat
+    # every 0.5 s), an 8 s outage at step 6; then, at step 14, an outage that outlasts the process, and a
+    # SIGTERM 3 s into it.
+    for action, p in (('503', 0.05), ('reset', 0.05)):
+      proxy.add(action, times=-1, p=p)
+    proxy.add('drop_reply', match='uploadType=multipart', times=-1, p=0.3)
+
+    def sigterm_in_an_outage():
+      proxy.clear()
+      proxy.outage(120)
+      threading.Timer(3, lambda: out['first'].proc.send_signal(signal.SIGTERM)).start()
+    out['first'] = _Run(command + ['--config.storage_retry_s=30'], env)
+    out['first'].on(f'step 6/{STEPS}', lambda: proxy.outage(8)).on(f'step 14/{STEPS}', sigterm_in_an_outage)
+    out['first_rc'] = out['first'].wait()
+    out['faults'] = proxy.events()
+    proxy.end_outage()
+    # 2: an outage past config.storage_retry_s=8 right after its first step line.
+    out['second'] = _Run(command + ['--config.storage_retry_s=8'], env).on('step ', lambda: proxy.outage(120))
+    out['second_rc'] = out['second'].wait()
+    proxy.end_outage()
+    # 3: the same command, to the end.
+    out['third'] = _Run(command, env)
+    out['third_rc'] = out['third'].wait()
+  finally:
+    proxy.stop()
+  out['mirror'] = _download(gcs, OUTAGES, 'run', str(chain['base'] / 'outages_mirror'))
+  out['objects'] = gcs.objects(OUTAGES)
+  return out
+
+
+def test_faults_within_the_deadline_are_waited_out_with_one_line(outages):
+  text = outages['first'].text
+  kinds = collections.Counter(e['action'] for e in outages['faults'])
+  assert kinds['drop_reply'] >= 3 and kinds['503'] and kinds['reset'] and kinds['outage'] == 2, kinds
+  waiting = [line for line in text.splitlines() if line.startswith('waiting for ')]
+  assert waiting and waiting[0].startswith(f'waiting for gs://{OUTAGES}: unreachable for '), text[-3000:]
+  assert 'retrying until 30 s (config.storage_retry_s)' in waiting[0], waiting
+  assert f'gs://{OUTAGES} is reachable again after ' in text, text[-3000:]
+  assert 'taken over' not in text  # the heartbeats whose replies were lost recognised their own writes
+
+
+def test_sigterm_during_an_outage_exits_143_and_says_what_was_not_saved(outages):
+  text = outages['first'].text
+  assert outages['first_rc'] == 143, text[-3000:]
+  stops = [line for line in text.splitlines() if line.startswith('SIGTERM at step')]
+  assert len(stops) == 1, text[-3000:]
+  assert 'during a storage outage' in stops[0] and 'was NOT saved' in stops[0], stops
+  assert re.search(r'the newest checkpoint saved is step \d+ in gs://', stops[0]), stops
+  assert 'Traceback' not in text, text[-3000:]
+  # Within the grace after the signal (15 s) and the last backoff, not the 30 s deadline or the outage.
+  sent = next(t for t, line in outages['first'].lines if line.startswith(f'step 14/{STEPS}')) + 3
+  assert outages['first'].lines[-1][0] - sent < 25, outages['first'].lines[-5:]
+
+
+def test_an_outage_past_the_deadline_is_one_line_and_exit_69(outages):
+  text = outages['second'].text
+  assert outages['second_rc'] == 69, text[-3000:]
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and f'gs://{OUTAGES} unreachable for ' in errors[0], text[-3000:]
+  assert 'config.storage_retry_s=8' in errors[0] and 'rerun' in errors[0], errors
+  assert 'Traceback' not in text, text[-3000:]
+
+
+def test_after_the_outages_the_same_command_ends_bit_identical_and_nothing_is_mixed(outages, chain):
+  third = outages['third']
+  assert outages['third_rc'] == 0, third.text[-3000:]
+  _assert_same_state(_state(outages['mirror'], STEPS), _state(chain['reference'], STEPS))
+  with open(os.path.join(outages['mirror'], 'results.json')) as f:
+    results = json.load(f)
+  assert results['eval'] == chain['reference_results']['eval']
+  assert [s['ended'] for s in results['segments']][-1] == 'finished'
+  assert not [n for n in outages['objects'] if '.rsam_write_probe_' in n], outages['objects']
+  import tensorflow as tf
+  logged = collections.Counter()
+  for name in os.listdir(outages['mirror']):
+    if name.startswith('events.out.tfevents.'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(outages['mirror'], name)):
+        logged.update(event.step for v in event.summary.value if v.tag == 'train/loss')
+  assert logged == collections.Counter(range(LOG_EVERY, STEPS + 1, LOG_EVERY)), logged

@@ -6,7 +6,7 @@ config.wandb: enabled, project, entity, cell, group, name, tags, job_type, mode 
 None = env).
 
 A wandb run's identity (``identity``):
-- id: drawn once and stored in ``<workdir>/wandb_id`` (config_check.run_id); a resumed run reuses it, a new
+- id: drawn once and stored in ``<workdir>/wandb_id`` (run_folder.wandb_id); a resumed run reuses it, a new
   workdir at the same path (``rm -rf`` and rerun, another machine) starts a new wandb run.
 - ``config.wandb.cell``: the table cell the run belongs to, ``<home>/<name>`` of configs/tables.py (e.g.
   ``3/vit_b16-none-rsam``; scripts/reproduce.py sets it); unset, the cell whose config equals the run's up
@@ -145,7 +145,7 @@ class CopiedToWorkdir(Forwarding):
       if size is None or name in self.earlier or self._copied.get(name) == size:
         continue
       with open(source, 'rb') as f:
-        (paths.path(self.remote) / name).write_bytes(f.read())  # event files are small: whole-file copies
+        paths.write_bytes(paths.path(self.remote) / name, f.read())  # event files are small: whole-file copies
       self._copied[name] = size
     self._last = time.time()
     self.copied_to = written_to
