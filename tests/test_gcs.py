@@ -548,3 +548,42 @@ def test_after_the_outages_the_same_command_ends_bit_identical_and_nothing_is_mi
       for event in tf.compat.v1.train.summary_iterator(os.path.join(outages['mirror'], name)):
         logged.update(event.step for v in event.summary.value if v.tag == 'train/loss')
   assert logged == collections.Counter(range(LOG_EVERY, STEPS + 1, LOG_EVERY)), logged
+
+
+# TensorFlow's event writer meets a full disk (a real 64 KB tmpfs) under the staging folder of a gs:// run.
+FULL_STAGING = '''
+import os, sys
+import tensorflow as tf
+from rsam.training import paths
+path = os.path.join(sys.argv[2], 'events.out.tfevents.test')
+try:
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    for _ in range(64):
+      f.write(b'x' * 4096)
+      f.flush()
+except Exception as e:
+  print(paths.write_failure(e, sys.argv[1]), flush=True)
+'''
+
+
+def test_a_full_local_staging_disk_of_a_gcs_run_is_named_as_the_local_disk(gcs, tmp_path):
+  """The bucket is never "full": the message used to say `cannot write gs://BUCKET/run: no space left`."""
+  if os.geteuid() != 0:
+    pytest.skip('a small tmpfs needs root (mount)')
+  bucket = gcs.create_bucket('rsam-full-staging')
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  try:
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(disk)], check=True, capture_output=True)
+  except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    pytest.skip(f'cannot mount a tmpfs here: {e}')
+  try:
+    proc = subprocess.run([sys.executable, '-c', FULL_STAGING, f'{bucket}/run', str(disk)], cwd=ROOT,
+                          env=dict(gcs.env(), PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True,
+                          text=True, timeout=300)
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+  message = proc.stdout.strip()
+  assert 'no space left on the device' in message, (proc.stdout, proc.stderr[-2000:])
+  assert f'cannot write {bucket}/run:' not in message and "this machine's disk" in message, message
+  assert 'RSAM_CACHE_DIR' in message and 'the bucket is fine' in message, message

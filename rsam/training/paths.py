@@ -244,14 +244,17 @@ def staging_dir(workdir: PathLike) -> str:
   text = normalize(workdir)
   if not is_remote(text):
     return text
-  digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-  folder = os.path.join(cache_dir(), 'staging', digest)
+  folder = _staging_path(text)
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
     raise StorageError(f'cannot create the local staging folder {folder} of --workdir {text} ({brief(e)}); '
                        f'point RSAM_CACHE_DIR (or XDG_CACHE_HOME) at a writable folder') from None
   return folder
+
+
+def _staging_path(remote: str) -> str:
+  return os.path.join(cache_dir(), 'staging', hashlib.sha1(remote.encode()).hexdigest()[:12])
 
 
 def check_writable(workdir: PathLike, *, what: str = '--workdir') -> None:
@@ -334,6 +337,12 @@ def write_failure(e: BaseException, workdir: PathLike):
   # The coroutines of the failed save that orbax never awaited: Python warns about each at exit.
   warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
   cause, where = found
+  remote = is_remote(normalize(workdir))
+  local_disk = remote and (cause in (_CAUSES[errno.ENOSPC], _CAUSES[errno.EDQUOT]) or (
+      where is not None and not is_remote(where)))
+  if local_disk:  # a bucket is never "full": this machine's disk is, under the run's staging folder
+    where = (f'{where or _staging_path(normalize(workdir))} (this machine\'s disk, where the gs:// run stages '
+             f'its TensorBoard events: RSAM_CACHE_DIR; the bucket is fine)')
   where = where or normalize(workdir)
   checkpoint = re.match(r'(.*/checkpoints/[^/]+)', where)  # the checkpoint's folder, not a file deep inside it
   where = checkpoint.group(1) if checkpoint else where
@@ -344,8 +353,9 @@ def write_failure(e: BaseException, workdir: PathLike):
     steps = None
   kept = (f'the newest checkpoint, step {max(steps)} in {directory}, is intact' if steps else
           'no checkpoint was written yet' if steps is not None else f'nothing in {directory} was changed')
-  return WriteFailed(f'cannot write {where}: {cause}; {kept}; free space or make it writable, then rerun the '
-                     f'same command to resume')
+  fix = ('free space on this machine\'s disk or point RSAM_CACHE_DIR at a larger one' if local_disk else
+         'free space or make it writable')
+  return WriteFailed(f'cannot write {where}: {cause}; {kept}; {fix}, then rerun the same command to resume')
 
 
 def probe_writable(folder: PathLike) -> None:

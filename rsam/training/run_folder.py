@@ -250,7 +250,7 @@ class RunFolder:
     if confirmed is None or paths.exists(self.root / 'checkpoints' / str(confirmed)):
       return
     raise FolderChanged(
-        f'{self.root / "checkpoints" / str(confirmed)}, saved by this run, is gone ({sign or "checked before the next save"}): '
+        f'{self.root / "checkpoints" / str(confirmed)}, saved by this run, is gone ({sign}): '
         f'the folder was emptied or its checkpoints deleted while the run wrote it; stopped without writing '
         f'more; rerun with --start_over to train from step 0, or put the checkpoints back')
 
@@ -268,7 +268,8 @@ class RunFolder:
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
     if force or self.checkpoints.due(step):
-      self._check_not_emptied('')
+      self.checkpoints.wait()  # orbax would wait for the save before anyway; now its step is confirmed
+      self._check_not_emptied('noticed at the next save')
     return self.checkpoints.save(step, state, force=force)
 
   def close_checkpoints(self) -> None:
