@@ -420,7 +420,7 @@ MUTATIONS = (
       "if confirmed is None or paths.exists(self.root / 'checkpoints' / str(confirmed)):", 'if True:',
       tests=('tests/test_faults.py', '-k', 'emptied'), note='a run goes on writing into a folder emptied under it'),
     M('skip-from-segments-not-events', 'rsam/training/run_folder.py',
-      'self.skip_to = logged_steps(self.workdir) if start_step else 0',
+      'self.skip_to = logged_steps(self.workdir) if start_step and write else 0',
       "self.skip_to = max((s.get('logged_to') or 0 for s in self.earlier), default=0) if start_step else 0",
       tests=('tests/test_faults.py', '-k', 'events_and_segments'),
       note='a kill between the events and segments.json duplicates a TensorBoard point'),

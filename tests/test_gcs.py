@@ -388,6 +388,7 @@ except paths.StorageUnreachable as e:
 '''
 
 
+@pytest.mark.faults
 def test_a_request_waits_out_an_outage_up_to_its_deadline(gcs):
   from tests import fault_proxy
   bucket = gcs.create_bucket('rsam-retries')
@@ -430,6 +431,10 @@ def test_a_request_waits_out_an_outage_up_to_its_deadline(gcs):
 # command then finishes bit-identical to the uninterrupted reference, every logged step in TensorBoard once.
 
 OUTAGES = 'rsam-outages'
+# scripts/reliability_report.py --long: outages of minutes (a real GCS outage), beside CI's seconds.
+LONG = bool(os.environ.get('RSAM_FAULTS_LONG'))
+WITHIN = (150, 300) if LONG else (8, 30)  # an outage during the run, and config.storage_retry_s
+PAST = (400, 120) if LONG else (120, 8)  # an outage, and a deadline it outlasts
 
 
 class _Run:
@@ -459,6 +464,16 @@ class _Run:
     return rc
 
 
+def _report(key, facts):
+  """Facts for scripts/reliability_report.py (a JSON file beside the fault suite's, when it asks)."""
+  if os.environ.get('RSAM_FAULTS_REPORT'):
+    path = os.environ['RSAM_FAULTS_REPORT'] + '.gcs.json'
+    known = json.load(open(path)) if os.path.exists(path) else {}
+    known[key] = facts
+    with open(path, 'w') as f:
+      json.dump(known, f, indent=2, default=str)
+
+
 @pytest.fixture(scope='module')
 def outages(gcs, chain):
   from tests import fault_proxy
@@ -480,13 +495,14 @@ def outages(gcs, chain):
       proxy.clear()
       proxy.outage(120)
       threading.Timer(3, lambda: out['first'].proc.send_signal(signal.SIGTERM)).start()
-    out['first'] = _Run(command + ['--config.storage_retry_s=30'], env)
-    out['first'].on(f'step 6/{STEPS}', lambda: proxy.outage(8)).on(f'step 14/{STEPS}', sigterm_in_an_outage)
+    out['first'] = _Run(command + [f'--config.storage_retry_s={WITHIN[1]}'], env)
+    out['first'].on(f'step 6/{STEPS}', lambda: proxy.outage(WITHIN[0])).on(f'step 14/{STEPS}', sigterm_in_an_outage)
     out['first_rc'] = out['first'].wait()
     out['faults'] = proxy.events()
     proxy.end_outage()
-    # 2: an outage past config.storage_retry_s=8 right after its first step line.
-    out['second'] = _Run(command + ['--config.storage_retry_s=8'], env).on('step ', lambda: proxy.outage(120))
+    # 2: an outage past config.storage_retry_s right after its first step line.
+    out['second'] = _Run(command + [f'--config.storage_retry_s={PAST[1]}'], env).on(
+        'step ', lambda: proxy.outage(PAST[0]))
     out['second_rc'] = out['second'].wait()
     proxy.end_outage()
     # 3: the same command, to the end.
@@ -496,20 +512,30 @@ def outages(gcs, chain):
     proxy.stop()
   out['mirror'] = _download(gcs, OUTAGES, 'run', str(chain['base'] / 'outages_mirror'))
   out['objects'] = gcs.objects(OUTAGES)
+  _report('outages', {
+      'within': WITHIN, 'past': PAST, 'faults': dict(collections.Counter(e['action'] for e in out['faults'])),
+      'rc': [out['first_rc'], out['second_rc'], out['third_rc']],
+      'lines': {name: [line for _, line in out[name].lines if line.startswith(
+          ('waiting for', 'error:', 'SIGTERM', 'resumed from', 'gs://')) or ' is reachable again' in line]
+                for name in ('first', 'second', 'third')},
+      'seconds': {name: round(out[name].lines[-1][0] - out[name].lines[0][0], 1)
+                  for name in ('first', 'second', 'third') if out[name].lines}})
   return out
 
 
+@pytest.mark.faults
 def test_faults_within_the_deadline_are_waited_out_with_one_line(outages):
   text = outages['first'].text
   kinds = collections.Counter(e['action'] for e in outages['faults'])
   assert kinds['drop_reply'] >= 3 and kinds['503'] and kinds['reset'] and kinds['outage'] == 2, kinds
   waiting = [line for line in text.splitlines() if line.startswith('waiting for ')]
   assert waiting and waiting[0].startswith(f'waiting for gs://{OUTAGES}: unreachable for '), text[-3000:]
-  assert 'retrying until 30 s (config.storage_retry_s)' in waiting[0], waiting
+  assert f'retrying until {WITHIN[1]} s (config.storage_retry_s)' in waiting[0], waiting
   assert f'gs://{OUTAGES} is reachable again after ' in text, text[-3000:]
   assert 'taken over' not in text  # the heartbeats whose replies were lost recognised their own writes
 
 
+@pytest.mark.faults
 def test_sigterm_during_an_outage_exits_143_and_says_what_was_not_saved(outages):
   text = outages['first'].text
   assert outages['first_rc'] == 143, text[-3000:]
@@ -523,15 +549,17 @@ def test_sigterm_during_an_outage_exits_143_and_says_what_was_not_saved(outages)
   assert outages['first'].lines[-1][0] - sent < 25, outages['first'].lines[-5:]
 
 
+@pytest.mark.faults
 def test_an_outage_past_the_deadline_is_one_line_and_exit_69(outages):
   text = outages['second'].text
   assert outages['second_rc'] == 69, text[-3000:]
   errors = [line for line in text.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and f'gs://{OUTAGES} unreachable for ' in errors[0], text[-3000:]
-  assert 'config.storage_retry_s=8' in errors[0] and 'rerun' in errors[0], errors
+  assert f'config.storage_retry_s={PAST[1]}' in errors[0] and 'rerun' in errors[0], errors
   assert 'Traceback' not in text, text[-3000:]
 
 
+@pytest.mark.faults
 def test_after_the_outages_the_same_command_ends_bit_identical_and_nothing_is_mixed(outages, chain):
   third = outages['third']
   assert outages['third_rc'] == 0, third.text[-3000:]
@@ -566,6 +594,7 @@ except Exception as e:
 '''
 
 
+@pytest.mark.faults
 def test_a_full_local_staging_disk_of_a_gcs_run_is_named_as_the_local_disk(gcs, tmp_path):
   """The bucket is never "full": the message used to say `cannot write gs://BUCKET/run: no space left`."""
   if os.geteuid() != 0:

@@ -168,15 +168,16 @@ def test_same_owner_on_another_host_takes_over_at_once(tmp_path, monkeypatch, ca
   old = {'owner': 'ann@tpu-vm-old:4242', 'host': 'tpu-vm-old', 'pid': 4242, 'owner_id': 'rsam-b16/seed0',
          'token': 'x', 'started': time.time() - 100, 'heartbeat': time.time() - 5}
   _write(path, old)
-  monkeypatch.setenv('RSAM_LEASE_OWNER', 'rsam-b16/seed1')
-  with pytest.raises(lease.LeaseHeld, match=r'RSAM_LEASE_OWNER=rsam-b16/seed0'):
-    lease.acquire(workdir, timeout_s=300)
   monkeypatch.setenv('RSAM_LEASE_OWNER', 'rsam-b16/seed0')
   held = lease.acquire(workdir, timeout_s=300)
   out = capsys.readouterr().out
   assert 'from ann@tpu-vm-old:4242 (RSAM_LEASE_OWNER=rsam-b16/seed0) (the same run' in out, out
   assert json.load(open(path))['owner_id'] == 'rsam-b16/seed0'
   held.release()
+  _write(path, old)
+  monkeypatch.setenv('RSAM_LEASE_OWNER', 'rsam-b16/seed1')  # another run: still refused, naming the owner
+  with pytest.raises(lease.LeaseHeld, match=r'RSAM_LEASE_OWNER=rsam-b16/seed0'):
+    lease.acquire(workdir, timeout_s=300)
 
 
 def test_a_deleted_lease_file_is_written_again_not_taken_over(tmp_path, capsys):
@@ -234,7 +235,7 @@ def test_a_heartbeat_whose_reply_was_lost_keeps_the_lease(gcs, tmp_path):
   bucket = gcs.create_bucket('rsam-lease-replies')
   proxy = fault_proxy.FaultProxy(gcs.url)
   try:
-    proc = subprocess.Popen([sys.executable, '-c', LOST_REPLIES, f'{bucket}/run', '4'], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, '-c', LOST_REPLIES, f'{bucket}/run', '10'], cwd=ROOT,
                             env=_env(proxy.env(gcs.env())), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout.readline().strip() == 'held'

@@ -310,7 +310,11 @@ class RunFolder:
   def release(self) -> None:
     """At the end however the run ended: the checkpointer closed (a save under way completes), then the
     lease given back (a --force_resume waiting for it goes on only now)."""
-    if self.checkpoints is not None:
+    if paths.gave_up():
+      # The storage did not answer within its deadline: a save under way may wait on it for as long again
+      # (tensorstore's retries), so it is not waited for, and the lease's release gets the stop grace only.
+      paths.stop_waiting()
+    elif self.checkpoints is not None:
       checkpointing.close_quietly(self.checkpoints)
     if self.lease is not None:
       self.lease.release()
@@ -411,7 +415,7 @@ class Segments:
     self._copier = None  # a gs:// workdir's events copier (``wrap``): what it copied is what was logged
     self.earlier = self.read(self.path)
     # Only a resumed run skips steps: a fresh start (step 0) may follow a different config's failed start.
-    self.skip_to = logged_steps(self.workdir) if start_step else 0
+    self.skip_to = logged_steps(self.workdir) if start_step and write else 0  # process 0 writes the metrics
     self.start = time.time()
     self.current = {'from_step': start_step, 'to_step': start_step, 'saved_to': None, 'wall_time_s': 0.0,
                     'start_time': self.start, 'hardware': hardware, 'ended': 'running', 'logged_to': None}
