@@ -390,7 +390,7 @@ MUTATIONS = (
       note="--force_resume takes a live run's lease at once: it deletes that run's save in progress"),
     M('storage-not-retried', 'rsam/training/paths.py', '        if not _transient(e):\n', '        if True:\n',
       tests=('tests/test_gcs.py', '-k', 'up_to_its_deadline'), note="gs:// requests fail at the first refused connection"),
-    M('storage-retried-forever', 'rsam/training/paths.py', '        if now >= limit:\n', '        if False:\n',
+    M('storage-retried-forever', 'rsam/training/paths.py', '        if attempt >= limit:', '        if False:',
       tests=('tests/test_gcs.py', '-k', 'up_to_its_deadline'), note='an outage past config.storage_retry_s waited out for ever'),
     M('storage-stop-signal-ignored', 'rsam/training/paths.py',
       'return end if self.stop_at is None else min(end, self.stop_at)', 'return end',

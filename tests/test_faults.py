@@ -17,6 +17,11 @@ chosen step gets a non-finite pixel); "before any work" is proven by replacing `
 iterators and the dataset readers with functions that fail; 1 device is a 1-device mesh
 (``loop.make_mesh`` patched) in the same process.
 
+The run's folder (rsam/training/run_folder.py, issue #25): records ahead of the checkpoints, the identity
+without config.json, a folder emptied under the run, a crash between the events and segments.json, cache
+folders that cannot be used; SIGHUP in the kill chain and a stdout whose reader went away, as real
+processes. The gs:// faults through a proxy are in tests/test_gcs.py, the lease's in tests/test_lease.py.
+
 Facts each test establishes are collected in ``REPORT`` and, when RSAM_FAULTS_REPORT names a file, written
 there as JSON for scripts/reliability_report.py.
 """

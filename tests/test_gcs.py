@@ -14,6 +14,12 @@ soon as a checkpoint at or after step 4 is finished in the bucket; the same comm
 step line (a preemption); the same command again to the end, each process with its own cache folder (another
 machine). The compilation cache
 (conftest) makes the subprocesses load what the reference compiled.
+
+Faults between the run and the bucket (issue #25) go through tests/fault_proxy.py, a TCP proxy in front of
+the emulator that drops replies, resets connections, answers 503 and refuses connections for a while: one
+request through an outage (within, past the deadline, a stop signal), and a second chain of three processes
+on one workdir (lost replies, 503s, resets and a short outage waited out, then a SIGTERM during an outage;
+an outage past config.storage_retry_s; the same command to the end, bit-identical to the reference).
 """
 import collections
 import json

@@ -265,10 +265,8 @@ def check_writable(workdir: PathLike, *, what: str = '--workdir') -> None:
   if is_remote(text):
     try:
       found = _fs(text).exists(bucket(text).split('://', 1)[1])
-    except (PermissionError, OSError) as e:
-      if isinstance(e, StorageUnreachable):
-        raise
-      found = True  # listing the bucket may be forbidden while writing is allowed: the lease tells
+    except OSError:  # reading the bucket's metadata may be forbidden while writing is allowed: the lease tells
+      found = True
     if not found:
       raise StorageError(f'{what} {text}: {bucket(text)} does not exist; create it (gcloud storage buckets '
                          f'create {bucket(text)}) or fix the path')

@@ -100,9 +100,7 @@ class RunFolder:
       return  # the checkpoints' manifests still carry the identity
     try:
       saved = paths.read_json(path)
-    except (OSError, ValueError) as e:
-      if isinstance(e, paths.StorageUnreachable):
-        raise
+    except (OSError, ValueError) as e:  # (an unreachable bucket is a StorageUnreachable: not caught here)
       raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
                         f'this config and continue the run') from None
     try:
@@ -115,24 +113,25 @@ class RunFolder:
                         f'differ); use a new --workdir, or pass --force_resume to continue it anyway')
 
   def _check_newest_manifest(self, steps) -> None:
-    for step in sorted((s for s in steps if s in self._finished_steps()), reverse=True)[:1]:
-      try:
-        manifest = paths.read_json(self.root / 'checkpoints' / str(step) / checkpointing.MANIFEST)
-      except (OSError, ValueError) as e:
-        if isinstance(e, paths.StorageUnreachable):
-          raise
-        return  # none (an older version's) or damaged: the restore decides
-      saved = manifest.get('config') if isinstance(manifest, dict) else None
-      if saved is None:
-        return
-      try:
-        differ = config_check.identity_diff(saved, self.identity)
-      except (TypeError, AttributeError, KeyError, ValueError):
-        return  # a damaged manifest: the restore sets the checkpoint aside
-      if differ:
-        raise ConfigError(f'--workdir {self.workdir}: its checkpoint {step} was saved by a run of a different '
-                          f'config ({", ".join(differ[:5])} differ); use a new --workdir, or pass '
-                          f'--force_resume to continue it anyway')
+    finished = sorted(s for s in steps if s in self._finished_steps())
+    if not finished:
+      return
+    step = finished[-1]
+    try:
+      manifest = paths.read_json(self.root / 'checkpoints' / str(step) / checkpointing.MANIFEST)
+    except (OSError, ValueError):
+      return  # none (an older version's) or damaged: the restore decides
+    saved = manifest.get('config') if isinstance(manifest, dict) else None
+    if saved is None:
+      return
+    try:
+      differ = config_check.identity_diff(saved, self.identity)
+    except (TypeError, AttributeError, KeyError, ValueError):
+      return  # a damaged manifest: the restore sets the checkpoint aside
+    if differ:
+      raise ConfigError(f'--workdir {self.workdir}: its checkpoint {step} was saved by a run of a different '
+                        f'config ({", ".join(differ[:5])} differ); use a new --workdir, or pass '
+                        f'--force_resume to continue it anyway')
 
   def checkpoint_steps(self) -> list:
     """Steps of every checkpoint folder present: finished, interrupted or set aside as damaged."""
@@ -157,9 +156,7 @@ class RunFolder:
         best, where = saved, f'{self.root / SEGMENTS}'
     try:
       results = paths.read_json(self.root / RESULTS)
-    except (OSError, ValueError) as e:
-      if isinstance(e, paths.StorageUnreachable):
-        raise
+    except (OSError, ValueError):
       results = None
     steps = results.get('steps') if isinstance(results, dict) else None
     if isinstance(steps, int) and steps > best:
@@ -211,8 +208,6 @@ class RunFolder:
     try:
       paths.write_text(path, self.config.to_json_best_effort(indent=2))
     except OSError as e:
-      if isinstance(e, paths.StorageUnreachable):
-        raise
       raise paths.StorageError(f'cannot write {path} ({paths.brief(e)}); choose a writable --workdir') from None
 
   # --- the run: restore, record, save --------------------------------------------------------------------
@@ -425,9 +420,7 @@ class Segments:
   def read(path) -> list:
     try:
       earlier = paths.read_json(path)
-    except (OSError, ValueError) as e:  # none yet (or unreadable: start a new list rather than fail the run)
-      if isinstance(e, paths.StorageUnreachable):
-        raise
+    except (OSError, ValueError):  # none yet (or unreadable: start a new list rather than fail the run)
       return []
     return [s for s in earlier if isinstance(s, dict)] if isinstance(earlier, list) else []
 
