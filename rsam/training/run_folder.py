@@ -397,8 +397,8 @@ class Segments:
   Redone steps: a process killed after logging step k but before its checkpoint of k is resumed from an
   earlier checkpoint c, and steps c+1..k run again (bit for bit the same). Their metrics are not written
   again: the resumed process's writer drops scalars at steps <= ``skip_to``, the newest step whose
-  training metrics the workdir's event files hold (read from the files: what reached the workdir, however
-  the process before ended). A gs:// run's events count once copied to the bucket (writers.py), so steps
+  metrics the workdir's event files hold (read from the files: what reached the workdir, however the
+  process before ended). A gs:// run's events count once copied to the bucket (writers.py), so steps
   whose events never left a killed machine are written again rather than lost.
   """
 
@@ -468,8 +468,8 @@ class _SkipRedone(writers.Forwarding):
 
 
 def logged_steps(workdir: str) -> int:
-  """The newest step with a training scalar ('train/...') in the event files at the top of ``workdir``
-  (0: none). Reads the files' TFRecords through the path layer (a bucket too); a record cut short by a
+  """The newest step with a summary (a scalar: training metrics, or an evaluation, which is written after
+  the same step's training metrics) in the event files at the top of ``workdir`` (0: none). Reads the files' TFRecords through the path layer (a bucket too); a record cut short by a
   kill ends a file."""
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   newest = 0
@@ -486,7 +486,7 @@ def logged_steps(workdir: str) -> int:
         event = event_pb2.Event.FromString(record)
       except Exception:  # pylint: disable=broad-except  (a damaged record: skip it)
         continue
-      if event.step > newest and any(v.tag.startswith('train/') for v in event.summary.value):
+      if event.step > newest and event.summary.value:
         newest = event.step
   return newest
 
