@@ -17,7 +17,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rsam.training.cli import parse_flags  # bad flags: one `error:` line, exit code 2
+from rsam.training import cli  # bad flags: one `error:` line, exit code 2, before JAX is imported
 
 flags.DEFINE_string('workdir', None, 'The train.py workdir holding checkpoints/.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the newest intact one).')
@@ -64,6 +64,7 @@ def main(argv):
   if flags.FLAGS.workdir is None:
     print('error: --workdir is required (the train.py workdir holding checkpoints/)', file=sys.stderr)
     sys.exit(2)
+  cli.import_tensorflow_quietly()  # the eval sets' input pipelines
   try:
     out = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir, step=flags.FLAGS.step,
                               eval_sets=flags.FLAGS.eval_sets)
@@ -75,5 +76,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # --workdir is checked on the raw argv, before the config file loads (and JAX with it): < 1 s.
-  app.run(main, flags_parser=functools.partial(parse_flags, required={'workdir': 'the train.py workdir holding checkpoints/'}))
+  # Unknown flags and --workdir are checked on the raw argv, before the config file loads (and JAX with
+  # it): < 1 s.
+  app.run(main, flags_parser=functools.partial(
+      cli.parse_flags, folders=('workdir',), required={'workdir': 'the train.py workdir holding checkpoints/'}))

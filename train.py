@@ -22,7 +22,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds the input pi
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rsam.training.cli import parse_flags  # bad flags: one `error:` line, exit code 2
+from rsam.training import cli  # bad flags: one `error:` line, exit code 2, before JAX is imported
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_bool('force_resume', False, 'Resume even if the workdir holds a run of a different config, or its '
@@ -51,11 +51,21 @@ def main(argv):
   except (ConfigError, DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  login = cli.wandb_login_problem(flags.FLAGS.config)  # before anything is written to the workdir
+  if login:
+    print(f'error: {login}', file=sys.stderr)
+    sys.exit(2)
   # The loop imports TensorFlow (clu, the input pipeline): only once the config is known to be sound.
+  cli.import_tensorflow_quietly()
   from rsam.training.loop import Preempted, train_and_evaluate
+  from rsam.training import writers
   try:
+    naming = None  # the wandb run's names: the application knows the paper's table cells, the trainer not
+    if writers.wandb_wanted(flags.FLAGS.config.get('wandb', {})):
+      from configs import tables
+      naming = tables.wandb_naming(flags.FLAGS.config, config_flags.get_config_filename(flags.FLAGS['config']))
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, force_resume=flags.FLAGS.force_resume,
-                       start_over=flags.FLAGS.start_over)
+                       start_over=flags.FLAGS.start_over, wandb_naming=naming)
   except (ConfigError, DataError) as e:  # exit codes: docs/restarts.md, "Exit codes"
     _exit(f'error: {e}', getattr(e, 'exit_code', 2))
   except Preempted as e:  # SIGTERM, SIGINT or SIGHUP: its step is saved (or the line says it was not)
@@ -94,6 +104,9 @@ def _raise_signal(signum, frame):
 if __name__ == '__main__':
   for _signal in (signal.SIGTERM, signal.SIGHUP):  # a dropped ssh session sends SIGHUP: never a silent kill
     signal.signal(_signal, _raise_signal)
-  flags.mark_flags_as_required(['config'])
-  # --workdir is checked on the raw argv, before the config file loads (and JAX with it): < 1 s.
-  app.run(main, flags_parser=functools.partial(parse_flags, required={'workdir': 'a directory for checkpoints and results'}))
+  # Unknown flags, --config and --workdir are checked on the raw argv, before the config file loads (and
+  # JAX with it): < 1 s.
+  app.run(main, flags_parser=functools.partial(
+      cli.parse_flags, folders=('workdir',),
+      required={'config': 'a config file, e.g. configs/quickstart.py',
+                'workdir': 'a directory for checkpoints and results'}))

@@ -1,12 +1,10 @@
 """Defaults shared by every config; family and headline files override only what differs.
 
 Every field is documented where it is read: data fields in data/sources.py, optimizer and schedule in
-rsam/training/optim.py, updater fields in rsam/factory.py, the rest in rsam/training/config_check.py.
+rsam/training/optim.py, updater fields in rsam/training/factory.py, the rest in rsam/training/config_check.py.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
-
-import rsam
 
 
 def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
@@ -17,7 +15,8 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': placeholder(str),
                                       'num_train_examples': placeholder(int)})
   c.model = ml_collections.ConfigDict({'name': 'resnet18', 'overrides': {}})
-  c.updater = rsam.updater_config(updater)
+  from rsam.training import factory  # imports JAX: only once a config argument is known to be sound
+  c.updater = factory.updater_config(updater)
   c.optimizer = ml_collections.ConfigDict({
       'name': 'momentum', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 5e-4,
       'decay_kernels_only': False, 'grad_clip_norm': placeholder(float), 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8})

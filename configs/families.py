@@ -27,7 +27,7 @@ decay to 0 without warm-up [SAM]:
 - rsam (on SGD+M): ρ = SAM's (constant), λ 2, γ0 5e-4 growing ×5 **(ours: official ViT λ/γ, SAM's ρ)**.
 - asam (on SGD+M): ρ 0.5 (C-10) / 1.0 (C-100), η 0.01, biases unscaled [ASAM: the README's commands,
   asam.py's class defaults; its example_cifar.py's own --eta flag defaults to 0]. davda54/sam's variant
-  (T = |w| on every leaf, ρ 2.0) is ``eta=0, scale_biases=True`` (rsam/factory.py).
+  (T = |w| on every leaf, ρ 2.0) is ``eta=0, scale_biases=True`` (rsam/training/factory.py).
 - gsam / rgsam (on SGD+M): ρ = SAM's (constant), α 0.4 [GSAM B/16] (+ R-SAM's λ/γ) **(ours; these are in
   no CIFAR table of the paper)**.
 
@@ -274,7 +274,7 @@ def imagenet_vit(model: str = 'vit_b16', updater: str = 'rsam', *, aug: str = 'n
     c.updater.update(rho_schedule='constant', rho=rho, rho_max=rho, rho_min=rho)
   elif updater in ('gsam', 'rgsam'):
     c.updater.update(GSAM_VIT.get(model, GSAM_VIT['vit_b16']))
-  # rsam keeps the factory defaults: the official values (rsam/factory.py).
+  # rsam keeps the factory defaults: the official values (rsam/training/factory.py).
   overrides = {'rho_max': rho_max, 'rho_min': rho_min, 'lam': lam}
   for key, value in overrides.items():
     if value is None:
@@ -300,8 +300,9 @@ RUNLOCAL = dict(batch_size=16, eval_batch_size=16, total_steps=2, num_train_exam
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks any config to a few-step CPU run (big_vision's ``runlocal``), keeping its code paths.
 
-  Tiny model of the same family, batch 16 (a multiple of 8 devices), 2 steps, evaluation batch 16, the
-  periodic evaluators (``eval_intervals``) after step 1 and every set at the end,
+  Tiny model of the same family (``model.runlocal_of`` names the full-size one), batch 16 (a multiple of 8
+  devices), 2 steps, evaluation batch 16, the periodic evaluators (``eval_intervals``) after step 1 and
+  every set at the end,
   warm-ups of 1 step (lr and ρ), ImageNet at 32 px with one ImageNet-C corruption × severity, m-sharpness
   groups of 2, ``num_train_examples`` set, and tfds mock data (``data.mock_examples``: random images of the
   dataset's own features through the same pipeline), so it runs on a machine with no dataset. LPF-SGD's M stays
@@ -310,6 +311,9 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   r = RUNLOCAL
   name = c.model.name
   c.model.name = TINY_MODEL.get(name, name)
+  # The model it stands in for: tells apart the smoke runs of cells that differ only in the model
+  # (ResNet-18/50, ViT-B/S), for wandb names and make_tables (configs/tables.py: match).
+  c.model.runlocal_of = name
   if c.model.get('overrides') and 'representation_size' in c.model.overrides:
     c.model.overrides.representation_size = HIDDEN_SIZE[c.model.name]
   c.batch_size, c.eval_batch_size, c.total_steps = r['batch_size'], r['eval_batch_size'], r['total_steps']

@@ -16,6 +16,7 @@ because ρ normalises δ0 + λĝ and δ0 can dominate. The sweep, in the style o
 R-SAM at ρ = k × SAM's ρ for k in CIFAR_RHO_MULTIPLES on both datasets; k = 1 is the Table 1/2 run.
 """
 import dataclasses
+import functools
 import glob
 import importlib
 import json
@@ -23,6 +24,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from configs import families
+from rsam.errors import ConfigError
 
 TABLES = ('1', '2', '3', '4', 'fig3a', 'fig3b', 'fig3c', 'cifar_rho')
 TABLE_DATASET = {'1': 'cifar10', '2': 'cifar100'}
@@ -194,14 +196,79 @@ def paper_numbers(run: Run) -> Dict[Tuple[str, str], Any]:
   return out
 
 
-def cell_of(config) -> Optional[Run]:
-  """The run of the table cell whose config ``config`` is, up to its seed and bookkeeping fields (wandb,
-  intervals, data_dir, ...), or None: a config changed anywhere else belongs to no cell."""
-  from rsam.training import config_check  # pylint: disable=g-import-not-at-top
+# --- the cell of a config (train.py hands it to the trainer's wandb run: rsam/training/writers.py) ----------
 
-  def key(c):
-    d = config_check._identity(c)  # pylint: disable=protected-access
-    d.pop('seed', None)
-    return json.dumps(d, sort_keys=True, default=str)
-  target = key(config)
-  return next((run for run in all_runs() if key(run.load()) == target), None)
+
+def cell(text: str) -> Run:
+  """The run of the cell named ``'<home>/<name>'`` (``config.wandb.cell``, ``reproduce.py --cells``)."""
+  home, _, name = text.partition('/')
+  run = by_name().get((home, name))
+  if run is None:
+    raise ConfigError(f"config.wandb.cell={text!r} is not a table cell of configs/tables.py; write it as "
+                      f"'<home>/<name>', e.g. '3/vit_b16-none-rsam' (`.venv/bin/python scripts/reproduce.py "
+                      f"--list` lists them)")
+  return run
+
+
+def is_smoke(config) -> bool:
+  """A runlocal config (``model.runlocal_of``) or one on tfds mock data: a smoke run, never a result."""
+  return bool(config.model.get('runlocal_of')) or bool(config.data.get('mock_examples'))
+
+
+def _key(config) -> str:
+  """A config's content up to its seed, its bookkeeping fields and where its data comes from."""
+  from rsam.training import config_check  # pylint: disable=g-import-not-at-top  (JAX: only when asked)
+  d = config_check.identity(config)
+  d.pop('seed', None)
+  d.get('data', {}).pop('mock_examples', None)
+  return json.dumps(d, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=1)
+def _cells_by_key() -> Dict[str, Tuple[Run, bool]]:
+  out = {}
+  for run in all_runs():
+    for smoke in (False, True):
+      out.setdefault(_key(run.load(runlocal=smoke)), (run, smoke))
+  return out
+
+
+def match(config) -> Optional[Tuple[Run, bool]]:
+  """(the run of the table cell whose config ``config`` is, whether it is that cell's runlocal version), up
+  to seed, bookkeeping fields (wandb, intervals, data_dir, ...) and mock data; None for a config changed
+  anywhere else."""
+  return _cells_by_key().get(_key(config))
+
+
+def config_label(config_file: str) -> str:
+  """'configs/quickstart.py' -> 'quickstart'; 'configs/cifar.py:model=wrn28_10' -> 'cifar:model=wrn28_10'."""
+  path, colon, arg = config_file.partition(':')
+  return os.path.splitext(os.path.basename(path))[0] + colon + arg
+
+
+def wandb_naming(config, config_file: Optional[str] = None) -> Dict[str, Any]:
+  """The names of ``config``'s wandb run, for the trainer (rsam/training/writers.py: identity).
+
+  The table cell is ``config.wandb.cell`` when set, else the cell ``config`` matches (``match``). A cell's
+  run: group ``table<k>/<cell>`` (wandb's group average is the cell's mean over seeds), name
+  ``<group>/seed<s>``, tags the tables that read it, summary the paper's numbers of the cell
+  (``paper/table<k>/<set>/accuracy``, fractions). A smoke run (``is_smoke``) of a cell: group
+  ``runlocal/table<k>/<cell>``, tag 'runlocal', no paper numbers, so it never joins the real runs. A config
+  in no cell: named after its file (``config_file``, e.g. ``quickstart/seed0``), no group.
+  """
+  seed = config.get('seed', 0)
+  explicit = config.get('wandb', {}).get('cell')
+  found = (cell(explicit), is_smoke(config)) if explicit else match(config)
+  if found is None:
+    name = f'{config_label(config_file)}/seed{seed}' if config_file else None
+    return {'group': None, 'name': name, 'tags': [], 'summary': {}}
+  run, smoke = found
+  smoke = smoke or is_smoke(config)
+  group = f'{label(run.home)}/{run.name}'
+  if smoke:
+    return {'group': f'runlocal/{group}', 'name': f'runlocal/{group}/seed{seed}', 'tags': ['runlocal'],
+            'summary': {}, 'job_type': 'runlocal'}
+  summary = {f'paper/{label(table)}/{eval_set}/accuracy': value / 100.0
+             for (table, eval_set), value in paper_numbers(run).items()}
+  return {'group': group, 'name': f'{group}/seed{seed}', 'tags': [label(t) for t in run.tables],
+          'summary': summary}

@@ -2,7 +2,7 @@ r"""A seconds-long run for tests and smoke checks: digits, the tiny ResNet, a fe
 
     python train.py --config configs/tiny.py:updater=rsam --workdir /tmp/rsam_tiny
 
-The argument picks the updater (any name in rsam.NAMES); ρ is constant so every updater runs here.
+The argument picks the updater (any name in rsam.training.factory.NAMES); ρ is constant so every updater runs here.
 """
 from configs.common import get_base_config
 

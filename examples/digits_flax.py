@@ -27,13 +27,13 @@ import rsam
 BATCH_SIZE, LEARNING_RATE, RHO = 64, 0.05, 0.05
 
 
-def make_optimizer(name: str, total_steps: int) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(name: str, total_steps: int, seed: int) -> optax.GradientTransformationExtraArgs:
   base = optax.sgd(optax.cosine_decay_schedule(LEARNING_RATE, total_steps), momentum=0.9)
   OPTIMIZERS = {  # the one line that differs
       'optax_sam': lambda: optax.contrib.sam(base, optax.chain(optax.contrib.normalize(), optax.sgd(RHO)),
                                              opaque_mode=True),
       'rsam': lambda: rsam.transforms.rsam(base, rho=RHO, gamma=rsam.cosine_increase(5e-4, 5.0, total_steps),
-                                           lam=2.0),
+                                           lam=2.0, key=seed),
   }
   return OPTIMIZERS[name]()
 
@@ -59,7 +59,7 @@ def main(argv=None):
                                                       stratify=digits.target, random_state=0)
   model = CNN()
   params = model.init(jax.random.key(args.seed), x_train[:1])['params']
-  tx = make_optimizer(args.optimizer, args.steps)
+  tx = make_optimizer(args.optimizer, args.steps, args.seed)
   opt_state = tx.init(params)
 
   def loss_fn(params, images, labels):

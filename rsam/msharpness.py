@@ -6,11 +6,15 @@ group size instead:
 
     g = (1/G) Σ_k U(w; B_k),   B_k = examples [k·m, (k+1)·m) of the global batch,
 
-where U is any updater. Under ``jax.shard_map`` over the mesh's axes (all of them split the batch,
-rsam/training/sharding.py) each device takes its contiguous slice of the batch and runs U on each of
-its groups (``mode``, below); the group averages are then averaged over devices (``pmean``). Group k
-draws its noise and dropout from ``fold_in(key, k)`` with k the GLOBAL group index, so 1 and 8 devices
-compute the same update (up to float summation order). Model state (BatchNorm statistics) and metrics are the mean over groups.
+where U is any updater. Under ``jax.shard_map`` over the mesh's ``batch_axes`` each device takes its
+contiguous slice of the batch and runs U on each of its groups (``mode``, below); the group averages are
+then averaged over devices (``pmean``). ``batch_axes=None`` (the default) splits the batch over EVERY
+axis of the mesh (as rsam/training/sharding.py does); on a mesh with a model-parallel axis, name the
+axes that split the batch, e.g. ``batch_axes='data'`` on a ('data', 'model') mesh. ``m`` must divide the
+per-device batch (the global batch over the product of the batch axes' sizes): another m is refused,
+naming both numbers, when the step is traced. Group k draws its noise and dropout from ``fold_in(key, k)``
+with k the GLOBAL group index, so 1 and 8 devices compute the same update (up to float summation order).
+Model state (BatchNorm statistics) and metrics are the mean over groups.
 
 Sharded state (an 'fsdp' mesh axis): the groups need every parameter whole, so the body takes them
 replicated (``in_specs`` P()); XLA all-gathers a sharded parameter once on the way in, and the averaged
@@ -30,23 +34,62 @@ How the groups run (``mode``; rsam.updaters.mean_over_parts):
 ``mode='auto'`` picks 'unroll' when the mesh's devices are CPUs, else 'loop'.
 """
 import dataclasses
-from typing import Any
+from typing import Any, Sequence, Tuple, Union
 
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from rsam.checks import check_choice, static_int
 from rsam.updaters import PART_MODES, UpdateResult, mean_over_parts, split_batch
 
 GROUP_MODES = ('auto',) + PART_MODES
 
+try:  # jax >= 0.6.1; older releases have it under jax.experimental with check_rep for check_vma
+  _shard_map = jax.shard_map
+  _NO_CHECK = {'check_vma': False}
+except AttributeError:  # pragma: no cover (the floor-version CI stage runs it)
+  from jax.experimental.shard_map import shard_map as _shard_map
+  _NO_CHECK = {'check_rep': False}
+
 
 @dataclasses.dataclass(frozen=True)
 class PerGroup:
+  """An ascent per group of ``m`` examples (m-sharpness), on a device mesh (module docstring).
+
+  Attributes:
+    updater: any updater of this package (``SharpnessAware``, ``LPFSGD``, ...).
+    m: examples per group, an int that divides the per-device batch.
+    mesh: the ``jax.sharding.Mesh`` the step runs on.
+    batch_axes: the mesh axes that split the batch (a name or a tuple of names); None: all of them.
+    mode: how a device runs its groups: 'auto' (the default: 'unroll' on CPU, else 'loop'), 'loop',
+      'unroll' or 'vmap' (module docstring).
+  """
   updater: Any
   m: int
   mesh: Mesh
-  axis: Any = None  # the mesh axes the batch is split over; None: all of them
+  batch_axes: Union[None, str, Sequence[str]] = None
   mode: str = 'auto'
+
+  def __post_init__(self):
+    object.__setattr__(self, 'm', static_int('m', self.m, minimum=1, what='examples per ascent group'))
+    check_choice('group_mode', self.mode, GROUP_MODES)
+    if not isinstance(self.mesh, Mesh):
+      raise TypeError(f"mesh={self.mesh!r} must be a jax.sharding.Mesh, e.g. Mesh(jax.devices(), ('data',)) "
+                      f"(optax.inject_hyperparams takes a Mesh for a schedule: pass static_args=('m', 'mesh'))")
+    axes = self.axes()
+    unknown = [a for a in axes if a not in self.mesh.axis_names]
+    if unknown or not axes:
+      raise ValueError(f'batch_axes={self.batch_axes!r} must name axes of the mesh {tuple(self.mesh.axis_names)} '
+                       f'(None: all of them)')
+
+  def axes(self) -> Tuple[str, ...]:
+    """The mesh axes that split the batch."""
+    if self.batch_axes is None:
+      return tuple(self.mesh.axis_names)
+    return (self.batch_axes,) if isinstance(self.batch_axes, str) else tuple(self.batch_axes)
+
+  def diagnostic_names(self) -> Tuple[str, ...]:
+    return self.updater.diagnostic_names()
 
   def part_mode(self) -> str:
     """The mode the groups run in on this mesh ('auto' resolved)."""
@@ -54,12 +97,33 @@ class PerGroup:
       return self.mode
     return 'unroll' if self.mesh.devices.flat[0].platform == 'cpu' else 'loop'
 
+  def per_device_batch(self, batch) -> int:
+    """The examples each device holds: the batch over the product of the batch axes' sizes. ValueError
+    (one line, naming both numbers) when ``m`` does not divide it."""
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+      raise ValueError('m-sharpness needs the batch: pass batch= (a pytree of arrays with a leading batch axis)')
+    size = leaves[0].shape[0]
+    devices = 1
+    for a in self.axes():
+      devices *= self.mesh.shape[a]
+    where = f"the mesh's batch axes {self.axes()} ({devices} devices)"
+    if size % devices:
+      raise ValueError(f'the batch of {size} examples does not split over {where}; use a batch that is a '
+                       f'multiple of {devices}, or other batch_axes')
+    local = size // devices
+    if self.m > local or local % self.m:
+      divisors = [d for d in range(1, local + 1) if local % d == 0]
+      raise ValueError(f'm={self.m} does not divide the per-device batch of {local} examples (a batch of '
+                       f'{size} over {where}); pick m from {divisors}, or change the batch size or '
+                       f'batch_axes')
+    return local
+
   def __call__(self, loss_fn, params, model_state, batch, key, step) -> UpdateResult:
-    axes = tuple(self.mesh.axis_names) if self.axis is None else self.axis
+    axes = self.axes()
+    num_groups = self.per_device_batch(batch) // self.m
 
     def per_device(params, model_state, batch, key, step):
-      local_batch = jax.tree.leaves(batch)[0].shape[0]
-      num_groups = local_batch // self.m
       first_group = jax.lax.axis_index(axes) * num_groups  # the device's place along the batch
 
       def one(group, k):
@@ -70,7 +134,7 @@ class PerGroup:
                                mode=self.part_mode())
       return jax.lax.pmean(result, axes)
 
-    return jax.shard_map(
+    return _shard_map(
         per_device, mesh=self.mesh,
         in_specs=(P(), P(), P(axes), P(), P()), out_specs=P(),
-        check_vma=False)(params, model_state, batch, key, step)
+        **_NO_CHECK)(params, model_state, batch, key, step)

@@ -1,4 +1,4 @@
-r"""Issue #14 item 2: what R-SAM's ascent d = δ0 + λĝ is made of (rsam/training/ascent_probe.py).
+r"""What R-SAM's ascent d = δ0 + λĝ is made of (rsam/training/ascent_probe.py).
 
 At initialisation, the real recipe on synthetic data (a few steps of the config's own train step):
 

@@ -1,4 +1,4 @@
-r"""Benchmark suite (issue #6): updater step times, memory and compile time, our SAM against optax's, and
+r"""Benchmark suite: updater step times, memory and compile time, our SAM against optax's, and
 input-pipeline throughput, written as a markdown + JSON report.
 
     python scripts/benchmark.py --preset full --out results/benchmarks     # the report (~15 min, 2 CPU cores)
@@ -9,7 +9,7 @@ What is measured, and how
 -------------------------
 Step time. For each model (a CIFAR ResNet and a small ViT by default) every variant
 
-    sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam.factory defaults), sam_grouped (SAM with
+    sgd (Plain), sam, rsam, gsam, rgsam, lpf_sgd (rsam/training/factory.py defaults), sam_grouped (SAM with
     m-sharpness groups of ``--m`` examples, rsam.msharpness.PerGroup in the backend's default mode),
     sam_grouped_vmap (the same with the groups batched, mode 'vmap'), optax_sam (optax.contrib.sam,
     opaque mode, with the same base optimizer and ρ as ``sam``), rsam_fused_noise (an ablation: R-SAM
@@ -78,6 +78,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from rsam.training.cost import forward_flops_per_example, peak_tflops  # pylint: disable=wrong-import-position  # noqa: E402,F401
+
 VARIANTS = ('sgd', 'sam', 'rsam', 'rsam_fused_noise', 'gsam', 'rgsam', 'lpf_sgd', 'sam_grouped',
             'sam_grouped_vmap', 'optax_sam', 'rsam_fsdp')
 # Variants with the state split along 'fsdp' over every device (rsam/training/sharding.py); the others
@@ -116,11 +118,7 @@ MEMORY_RATIOS = (
 STATE_MEMORY_FSDP = (1, 2, 4, 8, 16, 32)
 PIPELINE_TARGET = 3.0  # pipeline images/s (all cores) ≥ 3 × the images/s of the step it feeds
 CONFIDENCE = 0.95      # of the distribution-free interval for a median ratio
-# Dense bfloat16 matrix peak per device in TFLOP/s (vendor datasheets), by a substring of the lower-case
-# device_kind, first match wins; for MFU. --peak_tflops overrides it.
-PEAK_BF16_TFLOPS = (('h200', 989.0), ('h100 pcie', 756.0), ('h100', 989.0), ('a100', 312.0),
-                    ('tpu v6', 918.0), ('tpu v5 lite', 197.0), ('tpu v5e', 197.0), ('tpu v5', 459.0),
-                    ('tpu v4', 275.0))
+# The peak of a device by its device_kind (for MFU) and the model FLOPs: rsam/training/cost.py.
 
 # model specs: name[:key=value,...]; keys: batch, image (side), data (cifar10|digits|imagenet2012),
 # dtype (float32|bfloat16: the config's compute_dtype), widths=a/b/c/d, depth, hidden, heads, mlp, patch
@@ -480,33 +478,6 @@ def _noise_left_to_fusion(enabled: bool):
     yield
   finally:
     updaters.materialized = real
-
-
-def forward_flops_per_example(model, state, image_shape) -> float:
-  """XLA's FLOP count of one inference forward pass of ``model`` on one example (before optimisation,
-  so the same on every backend). Model FLOPs of a step = 3 × this × batch per forward-backward pass."""
-  import jax
-  import jax.numpy as jnp
-  variables = {'params': state['params'], **state['model_state']}
-  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
-  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-  cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(shapes, x).cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost['flops'])
-
-
-def peak_tflops(device_kind: str, compute_dtype: str, override=None):
-  """(TFLOP/s, source) of one device for MFU, or (None, why not)."""
-  if override:
-    return float(override), '--peak_tflops'
-  if compute_dtype != 'bfloat16':
-    return None, f'no peak for {compute_dtype} compute (pass --peak_tflops)'
-  kind = device_kind.lower()
-  for key, value in PEAK_BF16_TFLOPS:
-    if key in kind:
-      return value, f'dense bf16 datasheet peak of {device_kind!r}'
-  return None, f'unknown device kind {device_kind!r} (pass --peak_tflops)'
 
 
 def bench_updaters(model, *, variants, repeats, steps, warmup, m, mesh, monitor, log,
@@ -979,8 +950,10 @@ def parse_args(argv):
   p.add_argument('--restart_args', default='--config configs/tiny.py',
                  help='the train.py arguments of the --restart measurement')
   p.add_argument('--hash_bytes', type=int, default=1 << 30, help='file size of the hashing measurement')
-  p.add_argument('--out', default=os.path.join('results', 'benchmarks'),
-                 help='folder for benchmark.json and benchmark.md (relative to the repository)')
+  p.add_argument('--out', default='benchmarks_out',
+                 help='folder for benchmark.json and benchmark.md, relative to the repository (default '
+                      'benchmarks_out/, ignored by git; the committed report is results/benchmarks: pass '
+                      '--out results/benchmarks to replace it)')
   p.add_argument('--models', nargs='+', help='model specs (see PRESETS), overriding the preset')
   p.add_argument('--variants', nargs='+', choices=VARIANTS, help="overriding the preset's")
   p.add_argument('--repeats', type=int)

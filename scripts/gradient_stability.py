@@ -28,7 +28,7 @@ The analysis functions (``ascent_profile``, ``stability_samples``, ``summarize``
 ``python scripts/gradient_stability.py --report OUT_DIR ...`` prints the key numbers of finished analyses
 as markdown.
 
-Several training seeds (issue #14): give one --config per --workdir (or one config for all); each
+Several training seeds: give one --config per --workdir (or one config for all); each
 checkpoint is analysed into OUT/seed<seed>/ with the same batches and noise draws, and OUT/ gets the seed
 aggregate (``aggregate_seeds``: every point ± s.e.m. over training seeds) as fig1_cosine.png (with a
 Δcos panel), fig2_loss.png, curves.csv and summary.json; ``--report_seeds OUT ...`` prints it. All files

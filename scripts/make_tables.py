@@ -16,6 +16,10 @@ Every ``results.json`` under ``--root`` (any depth) is one run. A run is placed 
   equal those of the cell's config in ``configs/tables.py`` (so the Fig. 3 sweeps do not mix into
   Table 3). Runs that differ from that config elsewhere (batch size, epochs, lr, ...) still count; the
   cell is marked † and a footnote names the fields.
+- Smoke runs (``:runlocal=1``, whose config names the model its tiny one stands in for, or any run on
+  tfds mock data) fill the same cells of a separate table under the real one, never averaged with real
+  runs nor compared with the paper: the cell its ``config.wandb.cell`` names (scripts/reproduce.py sets
+  it), else the one whose config it is, with the full-size model.
 
 Each cell is the mean ± sample standard deviation (n − 1) over seeds of the top-1 accuracy in %, with the
 number of runs in brackets; paper tables add the paper's number and ours minus the paper's. Two runs of
@@ -64,6 +68,11 @@ class Run:
     self.config = results.get('config') or {}
     self.flat = flatten(self.config)
     self.eval = results.get('eval') or {}
+    model, data = self.config.get('model') or {}, self.config.get('data') or {}
+    # A smoke run (runlocal: configs/families.py) and the full-size model it stands in for.
+    self.stands_in_for = model.get('runlocal_of')
+    self.smoke = bool(self.stands_in_for) or bool(data.get('mock_examples'))
+    self.cell = (self.config.get('wandb') or {}).get('cell')  # '<home>/<name>' of configs/tables.py, or None
 
   def field(self, name: str):
     c = self.config
@@ -139,8 +148,9 @@ def _shape_problem(results) -> Optional[str]:
   return None
 
 
-def signature(flat: Dict[str, Any], config: dict) -> tuple:
-  """What places a run in a paper table: dataset, model, optimizer, mixup, RandAugment and ρ, λ, α."""
+def signature(flat: Dict[str, Any], config: dict, model: Optional[str] = None) -> tuple:
+  """What places a run in a paper table: dataset, model (``model``: the one a smoke run stands in for),
+  optimizer, mixup, RandAugment and ρ, λ, α."""
   def num(key):
     v = flat.get(key)
     return None if v is None else round(float(v), 6)
@@ -153,7 +163,7 @@ def signature(flat: Dict[str, Any], config: dict) -> tuple:
   for key in ('lam', 'alpha'):
     if f'updater.{key}' in flat:
       hp[key] = num(f'updater.{key}')
-  return (flat.get('data.name'), flat.get('model.name'), optimizer_label(config),
+  return (flat.get('data.name'), model or flat.get('model.name'), optimizer_label(config),
           float(flat.get('mixup_alpha') or 0) > 0, int(flat.get('data.randaugment_layers') or 0) > 0,
           tuple(sorted(hp.items())))
 
@@ -248,15 +258,21 @@ class Cell:
     return '†' if self.deviations else ('‡' if self.mixed else '')
 
 
-def _reference(run_spec) -> Tuple[tuple, Dict[str, Any], dict]:
-  config = run_spec.load().to_dict()
+def _reference(run_spec, runlocal: bool = False) -> Tuple[tuple, Dict[str, Any], dict]:
+  config = run_spec.load(runlocal=runlocal).to_dict()
   config = json.loads(json.dumps(config, default=str))
   flat = flatten(config)
   return signature(flat, config), flat, config
 
 
+SMOKE_NOTE = ('Smoke runs (`:runlocal=1`: a tiny model of the family, 2 steps, on tfds mock data unless told '
+              'otherwise) test the code path, not the method: never averaged with real runs, never compared '
+              'with the paper. Each cell: mean ± std over seeds [seeds]; — = no runs.')
+
+
 class PaperTable:
-  """One paper table: its positions, each with the cell's config (configs/tables.py) and paper row."""
+  """One paper table: its positions, each with the cell's config (configs/tables.py) and paper row. Real
+  runs and smoke runs (``Run.smoke``) fill separate cells and are shown in separate tables."""
 
   def __init__(self, table: str):
     from configs import tables  # pylint: disable=g-import-not-at-top
@@ -264,98 +280,127 @@ class PaperTable:
     self.paper = tables.paper(table)  # None for fig3b / fig3c / cifar_rho: no numbers in the paper text
     # pos -> (run spec, eval set, paper row): configs/tables.py, which wandb's summaries read too
     self.positions: Dict[tuple, Tuple[Any, str, Optional[dict]]] = tables.paper_positions(table)
-    self.references = {}
+    self.references, self.smoke_references = {}, {}
     for pos, (spec, _, _) in self.positions.items():
       if (spec.home, spec.name) not in self.references:
         self.references[(spec.home, spec.name)] = _reference(spec)
+        self.smoke_references[(spec.home, spec.name)] = _reference(spec, runlocal=True)
     self.cells = {pos: Cell(ev, self.references[(spec.home, spec.name)][1])
                   for pos, (spec, ev, _) in self.positions.items()}
+    self.smoke_cells = {pos: Cell(ev, self.smoke_references[(spec.home, spec.name)][1])
+                        for pos, (spec, ev, _) in self.positions.items()}
 
   def add(self, runs: Sequence[Run]) -> int:
-    """Places the runs; returns how many were placed in at least one cell."""
+    """Places the runs; returns how many were placed in at least one cell. A real run goes where its
+    signature equals the cell's; a smoke run where its ``config.wandb.cell`` says (scripts/reproduce.py
+    sets it), else where its signature, with the model it stands in for, equals the cell's."""
     placed = 0
     for run in runs:
-      sig = signature(run.flat, run.config)
+      sig = signature(run.flat, run.config, model=run.stands_in_for)
       hit = False
       for pos, (spec, _, _) in self.positions.items():
-        if sig == self.references[(spec.home, spec.name)][0]:
-          self.cells[pos].add(run)
+        if run.smoke:
+          wanted = (run.cell == f'{spec.home}/{spec.name}' if run.cell
+                    else sig == self.references[(spec.home, spec.name)][0])
+        else:
+          wanted = sig == self.references[(spec.home, spec.name)][0]
+        if wanted:
+          (self.smoke_cells if run.smoke else self.cells)[pos].add(run)
           hit = True
       placed += hit
     return placed
 
   def render(self) -> str:
+    out = self._render(self.cells, smoke=False)
+    if any(c.values for c in self.smoke_cells.values()):
+      out += '\n\n' + self._render(self.smoke_cells, smoke=True)
+    return out
+
+  def _title(self) -> str:
+    if self.table in ('1', '2', '3', '4'):
+      return f'Table {self.table}'
+    if self.table.startswith('fig3'):
+      return f'Fig. 3({self.table[-1]})'
+    return 'R-SAM ρ on CIFAR'
+
+  def _render(self, cells, smoke: bool) -> str:
     p, d = self.paper, (self.paper or {}).get('decimals', 1)
     labels = (p or {}).get('labels', {})
     lab = lambda k: labels.get(k, k)  # noqa: E731
+    cell = lambda pos: self._cell(cells, pos, d, smoke)  # noqa: E731
     out = []
-    if self.table in ('1', '2', '3', '4', 'fig3a'):
-      name = f'Table {self.table}' if self.table[0].isdigit() else 'Fig. 3(a)'
+    if smoke:
+      out += [f'## {self._title()}: smoke runs', '', SMOKE_NOTE, '']
+    elif self.table in ('1', '2', '3', '4', 'fig3a'):
       dataset = DATASET_LABEL.get(p['dataset'], p['dataset'])
-      out += [f'## {name} ({dataset}): {p["metric"]}', '', f'> {p["caption"]}', '',
+      out += [f'## {self._title()} ({dataset}): {p["metric"]}', '', f'> {p["caption"]}', '',
               'Each cell: ours, mean ± std over seeds [seeds] / paper / ours − paper; — = no runs.', '']
     if self.table in ('1', '2', 'fig3a'):
       header = ['Model'] + [lab(o) for o in p['optimizers']]
-      rows = [[lab(m)] + [self._cell((m, o), d) for o in p['optimizers']] for m in p['models']
+      rows = [[lab(m)] + [cell((m, o)) for o in p['optimizers']] for m in p['models']
               if any((m, o) in self.positions for o in p['optimizers'])]
     elif self.table == '3':
       header = ['Model', 'Resolution', 'Mixup', 'RandAug'] + [lab(o) for o in p['optimizers']]
       settings = list(dict.fromkeys(pos[:4] for pos in self.positions))
       rows = [[lab(s[0]), str(s[1]), '✓' if s[2] else '', '✓' if s[3] else '']
-              + [self._cell(s + (o,), d) for o in p['optimizers']] for s in settings]
+              + [cell(s + (o,)) for o in p['optimizers']] for s in settings]
     elif self.table == '4':
       header = ['Model', 'Training'] + [lab(e) for e in p['eval_sets']]
-      rows = [[lab(m), lab(o)] + [self._cell((m, o, e), d) for e in p['eval_sets']]
+      rows = [[lab(m), lab(o)] + [cell((m, o, e)) for e in p['eval_sets']]
               for m in p['models'] for o in p['optimizers']]
     elif self.table == 'cifar_rho':
-      out += ['## R-SAM ρ on CIFAR (not in the paper; ResNet-18, top-1 test accuracy, %)', '',
-              "No source publishes R-SAM's CIFAR ρ; the configs use SAM's (× 1). Each cell: mean ± std over "
-              "seeds [seeds]; — = no runs; * = the configs' default (the Table 1/2 run).", '']
+      if not smoke:
+        out += ['## R-SAM ρ on CIFAR (not in the paper; ResNet-18, top-1 test accuracy, %)', '',
+                "No source publishes R-SAM's CIFAR ρ; the configs use SAM's (× 1). Each cell: mean ± std over "
+                "seeds [seeds]; — = no runs; * = the configs' default (the Table 1/2 run).", '']
       datasets = self.tables.families.CIFAR_DATASETS
       header = ["ρ / SAM's ρ"] + [f'{DATASET_LABEL[ds]} {h}' for ds in datasets for h in ('ρ', 'R-SAM')]
       rows = [[f'{k:g}' + ('*' if k == 1 else '')]
-              + [x for ds in datasets for x in (f'{self.tables.cifar_rho(ds, k):g}', self._cell((ds, k), d))]
+              + [x for ds in datasets for x in (f'{self.tables.cifar_rho(ds, k):g}', cell((ds, k)))]
               for k in self.tables.CIFAR_RHO_MULTIPLES]
     else:
-      fig = '3(b): sensitivity of R-SAM to ρ' if self.table == 'fig3b' else '3(c): sensitivity of R-SAM to λ'
-      out += [f'## Fig. {fig} (ViT-B/16, ImageNet top-1 validation accuracy, %)', '',
-              'The paper text gives no numbers for this figure (only "a stable pattern"). Each cell: mean '
-              '± std over seeds [seeds]; — = no runs; * = the official value (the Table 3 run).', '']
+      if not smoke:
+        fig = ('3(b): sensitivity of R-SAM to ρ' if self.table == 'fig3b'
+               else '3(c): sensitivity of R-SAM to λ')
+        out += [f'## Fig. {fig} (ViT-B/16, ImageNet top-1 validation accuracy, %)', '',
+                'The paper text gives no numbers for this figure (only "a stable pattern"). Each cell: mean '
+                '± std over seeds [seeds]; — = no runs; * = the official value (the Table 3 run).', '']
       official = (self.tables.OFFICIAL_RHO_MAX if self.table == 'fig3b' else self.tables.OFFICIAL_LAM)
       if self.table == 'fig3b':
         header = ['ρ_max', 'ρ_min', 'R-SAM']
         rows = [[f'{v:g}' + ('*' if v == official else ''),
-                 f'{round(self.tables.FIG3B_RHO_MIN_RATIO * v, 6):g}', self._cell((v,), d)]
+                 f'{round(self.tables.FIG3B_RHO_MIN_RATIO * v, 6):g}', cell((v,))]
                 for (v,) in self.positions]
       else:
         header = ['λ', 'R-SAM']
-        rows = [[f'{v:g}' + ('*' if v == official else ''), self._cell((v,), d)] for (v,) in self.positions]
+        rows = [[f'{v:g}' + ('*' if v == official else ''), cell((v,))] for (v,) in self.positions]
     out.append(markdown(header, rows))
-    out += self._footnotes()
+    out += self._footnotes(cells, smoke)
     return '\n'.join(out)
 
-  def _cell(self, pos, decimals) -> str:
+  def _cell(self, cells, pos, decimals, smoke: bool) -> str:
     if pos not in self.positions:
       return ''
-    cell, paper_row = self.cells[pos], self.positions[pos][2]
+    cell, paper_row = cells[pos], None if smoke else self.positions[pos][2]
     return fmt_cell(cell.values, paper_row, decimals, cell.mark)
 
-  def _footnotes(self) -> List[str]:
+  def _footnotes(self, cells, smoke: bool) -> List[str]:
     notes = []
-    for pos, cell in self.cells.items():
+    for pos, cell in cells.items():
       name = '/'.join(str(x) for x in pos)
       if cell.deviations:
+        config = self.positions[pos][0].config + (' with :runlocal=1' if smoke else '')
         diffs = ', '.join(f'{k}={v!r} (config: {r!r})' for k, (v, r) in sorted(cell.deviations.items()))
-        notes.append(f'- † {name}: runs differ from {self.positions[pos][0].config} in {diffs}')
+        notes.append(f'- † {name}: runs differ from {config} in {diffs}')
       for path in cell.duplicates:
         notes.append(f'- {name}: {path} repeats a seed already counted; ignored')
-    missing = sum(1 for c in self.cells.values() if not c.values)
-    notes.append(f'- {len(self.cells) - missing} of {len(self.cells)} cells have runs.')
+    missing = sum(1 for c in cells.values() if not c.values)
+    notes.append(f'- {len(cells) - missing} of {len(cells)} cells have {"smoke " if smoke else ""}runs.')
     return [''] + notes
 
   @property
   def has_runs(self) -> bool:
-    return any(c.values for c in self.cells.values())
+    return any(c.values for c in list(self.cells.values()) + list(self.smoke_cells.values()))
 
 
 # --- generic tables ---------------------------------------------------------------------------------

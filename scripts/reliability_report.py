@@ -416,7 +416,7 @@ STATIC = '''## Bugs the suite found, and the fixes
 
 - `data/`: unknown data fields (e.g. a misspelt `data.augment`) only log a warning and are ignored;
   `data.image_size='x'` raises a ValueError traceback instead of a DataError.
-- `rsam/factory.py`: `updater.m` defaults to None, so `--config.updater.m=4` cannot be given on the command
+- `rsam/training/factory.py`: `updater.m` defaults to None, so `--config.updater.m=4` cannot be given on the command
   line (ml_collections cannot infer the type); the suite writes a small config file instead.
 - On a pod, only process 0 checks the lease between steps: a `--force_resume` hand-over or a lost lease stops
   process 0 alone, and the others wait at the next collective until jax's timeout.

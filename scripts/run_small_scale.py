@@ -1,4 +1,4 @@
-r"""Issue #5 driver: the val sweep and the final six-updater table, many runs in ONE process.
+r"""Small-scale driver: the val sweep and the final six-updater table, many runs in ONE process.
 
     python scripts/run_small_scale.py --phase tune     # val sweep (seeds 0, 1): picks TUNED
     python scripts/run_small_scale.py --phase final    # 6 updaters x seeds 100..104 with TUNED
@@ -6,7 +6,7 @@ r"""Issue #5 driver: the val sweep and the final six-updater table, many runs in
     python scripts/run_small_scale.py --phase final --paired test   # per-seed R-SAM − SAM etc.
     python scripts/run_small_scale.py --phase custom --runs updater=plain,data=clean --seeds 0 1 2 --vmap
 
-Issue #14's mini Table 3 (``--family vit``: configs/small_scale_vit.py, phases under <out>/vit/):
+The ViT mini Table 3 (``--family vit``: configs/small_scale_vit.py, phases under <out>/vit/):
 
     python scripts/run_small_scale.py --family vit --phase tune --vmap            # val sweep, seeds 0-2
     python scripts/run_small_scale.py --family vit --phase final --vmap           # 5 updaters x 32 seeds
@@ -250,7 +250,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--phase', choices=('tune', 'final', 'custom'), required=True)
   parser.add_argument('--family', choices=tuple(FAMILIES), default='resnet',
-                      help='resnet: configs/small_scale.py (issue #5); vit: configs/small_scale_vit.py (#14)')
+                      help='resnet: configs/small_scale.py (the ResNet tables); vit: configs/small_scale_vit.py (the ViT mini Table 3)')
   parser.add_argument('--runs', nargs='*', default=(), help='config args for --phase custom')
   parser.add_argument('--seeds', type=int, nargs='*', default=None, help='override the phase seeds')
   parser.add_argument('--updaters', nargs='*', default=None, help='only the runs of these updaters')

@@ -335,7 +335,9 @@ def test_reproduce_launch_local_runs_each_command(tmp_path, capsys):
   assert reproduce.main(['--table', 'fig3a', '--workdir_root', str(tmp_path), '--launch', 'local',
                          '--python', 'true']) == 0
   out = capsys.readouterr().out
-  assert out.count('# [') == 3 and '# [3/3] true train.py --config=configs/vit_b16_rgsam.py' in out
+  assert out.count(': done in ') == 3 and '[3/3] fig3a/vit_b16-none-rgsam seed0: done in ' in out
+  log = tmp_path / 'logs' / 'fig3a' / 'vit_b16-none-rgsam' / 'seed0.log'
+  assert log.read_text().startswith('# true train.py --config=configs/vit_b16_rgsam.py')
   assert reproduce.main(['--table', 'fig3a', '--workdir_root', str(tmp_path), '--launch', 'local',
                          '--python', 'false']) == 1
 

@@ -2,6 +2,7 @@
 
 Each test here is cheap (sub-second, or one subprocess that stops at its flag check).
 """
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_missing_flag_check_reads_every_spelling_and_leaves_help_alone():
 
 def test_import_rsam_alone_imports_no_jax():
   code = ('import sys, rsam, rsam.errors; print("jax" in sys.modules, rsam.ConfigError is rsam.errors.ConfigError, '
-          'sorted(set(rsam.__all__) - set(dir(rsam)) - set(rsam._LAZY) - set(rsam._FACTORY) - {"transforms"}))')
+          'sorted(set(rsam.__all__) - set(dir(rsam))))')  # dir() lists the lazy names (module __dir__)
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.stdout.split() == ['False', 'True', '[]'], out.stderr[-2000:]
 
@@ -177,15 +178,21 @@ def test_reproduce_runlocal_has_its_own_root(tmp_path):
 # --- wandb identity (point 1) ----------------------------------------------------------------------------
 
 
+def _identity(config, config_file=None):
+  """The wandb identity train.py gives ``config``: the application's naming handed to the trainer."""
+  from configs import tables
+  from rsam.training import writers
+  return writers.identity(config, tables.wandb_naming(config, config_file))
+
+
 def test_wandb_identity_of_a_table_cell():
   import json
   from configs import tables
-  from rsam.training import writers
   run = tables.by_name()[('3', 'vit_b16-none-rsam')]
   config = run.load()
   config.seed = 2
   config.wandb.cell = '3/vit_b16-none-rsam'
-  who = writers.identity(config)
+  who = _identity(config)
   assert who['group'] == 'table3/vit_b16-none-rsam' and who['name'] == 'table3/vit_b16-none-rsam/seed2'
   assert who['tags'] == ['table3', 'table4', 'fig3a', 'fig3b', 'fig3c', 'vit_b16', 'rsam', 'imagenet2012', 'seed2']
   assert who['job_type'] == 'train'
@@ -195,21 +202,75 @@ def test_wandb_identity_of_a_table_cell():
   assert who['summary']['paper/table3/validation/accuracy'] == pytest.approx(0.807)  # the paper's 80.7
   assert who['summary']['paper/fig3a/validation/accuracy'] == pytest.approx(0.807)
   assert len(who['summary']) == 7  # Table 3, five Table 4 sets, Fig. 3(a); Fig. 3(b, c) publish no numbers
-  # An AdamW baseline: the base optimizer names it; a runlocal run is a 'runlocal' job.
+  # An AdamW baseline's smoke run: the base optimizer names it; its own group, no paper numbers.
   baseline = tables.by_name()[('3', 'vit_s16-none-adamw')].load(runlocal=True)
   baseline.wandb.cell, baseline.wandb.tags = '3/vit_s16-none-adamw', ('mine',)
-  who = writers.identity(baseline)
-  assert who['tags'] == ['table3', 'table4', 'vit_tiny', 'adamw', 'imagenet2012', 'seed0', 'mine']
+  who = _identity(baseline)
+  assert who['tags'] == ['runlocal', 'vit_tiny', 'adamw', 'imagenet2012', 'seed0', 'mine']
+  assert who['group'] == 'runlocal/table3/vit_s16-none-adamw' and who['summary'] == {}
   assert who['job_type'] == 'runlocal'
   # No cell given: a table config run by hand is found by its content; a changed one belongs to no cell.
   by_hand = tables.by_name()[('1', 'resnet18-sgd')].load()
   by_hand.seed, by_hand.wandb.enabled, by_hand.data.data_dir = 3, True, 'gs://bucket/tfds'
-  assert writers.identity(by_hand)['name'] == 'table1/resnet18-sgd/seed3'
+  assert _identity(by_hand)['name'] == 'table1/resnet18-sgd/seed3'
   by_hand.optimizer.lr = 0.2
-  assert writers.identity(by_hand)['group'] is None and writers.identity(by_hand)['summary'] == {}
+  assert _identity(by_hand)['group'] is None and _identity(by_hand)['summary'] == {}
+  assert _identity(by_hand, 'configs/cifar.py:dataset=cifar10,model=resnet18,updater=sgd')['name'] == (
+      'cifar:dataset=cifar10,model=resnet18,updater=sgd/seed3')
   baseline.wandb.cell = '3/nope'
   with pytest.raises(Exception, match=r"config.wandb.cell='3/nope' is not a table cell"):
-    writers.identity(baseline)
+    _identity(baseline)
+
+
+def test_a_smoke_run_by_hand_is_named_as_its_own_cell():
+  """runlocal shrinks ResNet-18 and ResNet-50 (ViT-B/16 and ViT-S/16) to the same tiny model: the config
+  names the model it stands in for, so each smoke run finds its own cell, apart from the real runs."""
+  from configs import tables
+  for cell in ('1/resnet18-rsam', '1/resnet50-rsam', '3/vit_b16-none-adamw', '3/vit_s16-none-adamw'):
+    home, name = cell.split('/')
+    config = tables.by_name()[(home, name)].load(runlocal=True)
+    config.seed = 1
+    with config.unlocked():
+      config.data.mock_examples = 0  # the prepared dataset instead of mock data: still the cell's smoke run
+    who = _identity(config)
+    assert who['name'] == f'runlocal/{tables.label(home)}/{name}/seed1', cell
+    assert who['job_type'] == 'runlocal' and who['summary'] == {}
+
+
+def test_the_quickstart_is_named_after_its_config_file():
+  from configs import quickstart
+  config = quickstart.get_config()
+  config.seed = 4
+  assert _identity(config, 'configs/quickstart.py')['name'] == 'quickstart/seed4'
+  assert _identity(config, 'configs/quickstart.py')['group'] is None
+
+
+def test_every_cell_and_its_smoke_run_have_their_own_content():
+  from configs import tables
+  keys = tables._cells_by_key()  # pylint: disable=protected-access
+  assert len(keys) == 2 * len(tables.all_runs())
+  assert sorted(smoke for _, smoke in keys.values()) == [False] * len(tables.all_runs()) + [True] * len(
+      tables.all_runs())
+
+
+def test_train_py_hands_the_cell_of_a_config_by_hand_to_the_trainer(tmp_path):
+  """train.py (the application) names the run; the trainer gets the names as an argument."""
+  code = (
+      'import json, runpy, sys\n'
+      'from rsam.training import loop\n'
+      'def fake(config, workdir, **kw):\n'
+      '  print("NAMING " + json.dumps(kw["wandb_naming"], sort_keys=True))\n'
+      'loop.train_and_evaluate = fake\n'
+      f'sys.argv = ["train.py", "--config", "configs/cifar.py:dataset=cifar10,model=resnet50,updater=rsam,'
+      f'runlocal=1", "--config.seed=2", "--workdir", {str(tmp_path / "w")!r}]\n'
+      'runpy.run_path("train.py", run_name="__main__")\n')
+  env = dict(os.environ, WANDB_MODE='offline', TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (line,) = [l for l in proc.stdout.splitlines() if l.startswith('NAMING ')]
+  naming = json.loads(line[len('NAMING '):])
+  assert naming['name'] == 'runlocal/table1/resnet50-rsam/seed2' and naming['tags'] == ['runlocal']
 
 
 def test_wandb_id_is_stored_in_the_workdir_not_derived_from_its_path(tmp_path):

@@ -180,3 +180,38 @@ def test_generic_tables_ignore_every_bookkeeping_field():
   """A field that may change on resume (config_check.BOOKKEEPING) never splits runs into experiments."""
   from rsam.training import config_check
   assert [f for f in config_check.BOOKKEEPING if not f.startswith(make_tables.IGNORED)] == []
+
+
+def _results(path, config, accuracy):
+  """A results.json of ``config`` (a ConfigDict, as train.py writes it) with test accuracy ``accuracy``."""
+  path.mkdir(parents=True)
+  (path / 'results.json').write_text(json.dumps({'config': json.loads(config.to_json_best_effort()),
+                                                 'eval': {'test': {'accuracy': accuracy}}}))
+
+
+def test_smoke_runs_fill_their_cells_in_a_table_of_their_own(tmp_path):
+  """runlocal runs of five Table 1 cells -- ResNet-18 and ResNet-50 shrink to the same tiny model -- by
+  reproduce.py (config.wandb.cell set) and by hand (found by the model they stand in for), beside one real
+  run: each lands in its own cell of a separate smoke table, never averaged with the real one."""
+  from configs import tables
+  cells = {'resnet18-rsam': (0.50, True), 'resnet50-rsam': (0.30, False), 'resnet18-sam': (0.40, False),
+           'resnet50-sgd': (0.20, True), 'wrn28_10-lpf_sgd': (0.10, False)}
+  for name, (accuracy, by_reproduce) in cells.items():
+    config = tables.by_name()[('1', name)].load(runlocal=True)
+    if by_reproduce:
+      config.wandb.cell = f'1/{name}'
+    _results(tmp_path / 'runs_runlocal' / name, config, accuracy)
+  real = tables.by_name()[('1', 'resnet18-rsam')].load()
+  _results(tmp_path / 'runs' / 'resnet18-rsam', real, 0.9661)
+  out = make_tables.make(str(tmp_path), '1')
+  real_table, smoke_table = out.split('## Table 1: smoke runs')
+  assert '| ResNet-18 | — / 95.4 ± 0.1 | — / 95.6 ± 0.2 | — / 95.4 ± 0.2 | — / 95.1 ± 0.1 | — / 95.9 ± 0.1 | ' \
+         '— / 96.4 ± 0.2 | 96.61 [1] / 96.5 ± 0.1 / +0.11 |' in real_table
+  assert '- 1 of 21 cells have runs.' in real_table
+  assert make_tables.SMOKE_NOTE in smoke_table
+  assert '| Model | SGD | SGD+M | RMSProp | AdamW | LPF-SGD | SAM | R-SAM |' in smoke_table
+  assert '| ResNet-18 | — | — | — | — | — | 40.00 [1] | 50.00 [1] |' in smoke_table
+  assert '| ResNet-50 | 20.00 [1] | — | — | — | — | — | 30.00 [1] |' in smoke_table
+  assert '| WRN-28-10 | — | — | — | — | 10.00 [1] | — | — |' in smoke_table
+  assert '- 5 of 21 cells have smoke runs.' in smoke_table and '†' not in smoke_table
+  assert 'Runs in no paper table' not in make_tables.make(str(tmp_path))  # every run found its cell

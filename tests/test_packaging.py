@@ -79,11 +79,21 @@ def test_wheel_ships_the_library_only(wheel):
   dist_info = f'rsam-{rsam.__version__}.dist-info'
   assert {n.split('/')[0] for n in names} == {'rsam', dist_info}
   library = sorted(f'rsam/{f}' for f in os.listdir(os.path.join(ROOT, 'rsam')) if f.endswith('.py'))
-  assert sorted(n for n in names if n.startswith('rsam/')) == library  # no rsam/training/, nothing else
+  # No rsam/training/ (the factory, which reads ml_collections configs, lives there), nothing else.
+  assert sorted(n for n in names if n.startswith('rsam/')) == sorted(library + ['rsam/py.typed'])
+  assert 'rsam/factory.py' not in names
   assert not [n for n in names if re.search(r'tests?/|results/|fixtures|configs/|examples/', n)]
 
   meta = email.parser.Parser().parsestr(zipfile.ZipFile(wheel).read(f'{dist_info}/METADATA').decode())
   assert meta['Version'] == rsam.__version__
+  # The licence: SPDX expression, the file in the wheel, the same text as the repository's.
+  assert meta['License-Expression'] == 'Apache-2.0' and meta.get_all('License-File') == ['LICENSE']
+  with open(os.path.join(ROOT, 'LICENSE'), 'rb') as f:
+    assert zipfile.ZipFile(wheel).read(f'{dist_info}/licenses/LICENSE') == f.read()
+  # The long description is the library's page, not the training repository's README.
+  with open(os.path.join(ROOT, 'docs', 'library.md')) as f:
+    assert meta.get_payload().strip() == f.read().strip()
+  assert meta['Description-Content-Type'] == 'text/markdown'
   requires = [Requirement(r) for r in meta.get_all('Requires-Dist')]
   assert sorted(r.name for r in requires if r.marker is None) == ['jax', 'optax']
   extras = {r.name for r in requires if r.marker is not None and r.marker.evaluate({'extra': 'train'})}

@@ -13,11 +13,10 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import rsam
 from configs import tiny
 from rsam import tree as T
 from rsam.noise import kernelwise_noise
-from rsam.training import checkpointing, sharding, train_step
+from rsam.training import checkpointing, factory, sharding, train_step
 
 # Every updater on a small MLP with AdamW: name -> (updater, updater field overrides, grad_accum_steps).
 CASES = {
@@ -57,10 +56,10 @@ def _mlp_steps(sizes):
   tx = optax.adamw(0.01, weight_decay=0.1)
   updaters = {}
   for name, (updater_name, fields, accum) in CASES.items():
-    cfg = rsam.updater_config(updater_name, **fields)
+    cfg = factory.updater_config(updater_name, **fields)
     if 'rho_schedule' in cfg:
       cfg.rho_schedule = 'constant'
-    updaters[name] = rsam.make_updater(cfg, total_steps=10, mesh=mesh, accum_steps=accum, per_device_batch=4)
+    updaters[name] = factory.make_updater(cfg, total_steps=10, mesh=mesh, accum_steps=accum, per_device_batch=4)
   rng = np.random.default_rng(0)
   params = {'dense1': {'kernel': rng.normal(size=(16, 64)) / 4, 'bias': rng.normal(size=(64,)) / 10},
             'dense2': {'kernel': rng.normal(size=(64, 8)) / 8, 'bias': np.zeros(8)}}

@@ -94,8 +94,10 @@ def runs(compile_cache, tmp_path_factory):
                         'WANDB_DATA_DIR': str(base / 'wandb_data')}.items():
       mp.setenv(name, value)
     try:
-      out['reference_results'] = loop.train_and_evaluate(
-          _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL}), str(out['reference']))
+      from configs import tables
+      reference = _tiny(**{'wandb.enabled': True, 'wandb.cell': WANDB_CELL})
+      out['reference_results'] = loop.train_and_evaluate(  # names handed down as train.py does
+          reference, str(out['reference']), wandb_naming=tables.wandb_naming(reference))
     finally:
       import wandb
       wandb.teardown()  # stops wandb's service process
@@ -160,6 +162,14 @@ def test_killed_run_resumes_and_ends_bit_identical_to_an_uninterrupted_one(runs)
   for part in ('params', 'opt_state', 'model_state'):
     _assert_states_equal(a[part], b[part])
   assert _results(killed)['eval'] == _results(reference)['eval'] == runs['reference_results']['eval']
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_start_up_noise(runs):
+  """A local run's stderr: no TensorFlow oneDNN/absl start-up lines, no credentials lookup."""
+  noise = [line for line in runs['resumed'].stderr.splitlines()
+           if re.search(r'oneDNN|absl::InitializeLog|credentials file|gcloud auth', line)]
+  assert runs['resumed'].returncode == 0 and not noise, runs['resumed'].stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import rsam
 from rsam import transforms
+from rsam.training import factory
 
 D, K, STEPS = 5, 3, 3
 LR_MAX, LR_MIN = 0.1, 0.01
@@ -70,17 +71,17 @@ def base_optimizer():
 
 def updater_and_transform(name, base, **transform_kw):
   """The repo's updater built by its factory, and the transform a user builds from the same values."""
-  cfg = rsam.updater_config(name, **CONFIGS[name])
+  cfg = factory.updater_config(name, **CONFIGS[name])
   sched = lr_schedule()
-  updater = rsam.make_updater(cfg, total_steps=STEPS + 1, lr_schedule=sched, lr_max=LR_MAX, lr_min=LR_MIN)
+  updater = factory.make_updater(cfg, total_steps=STEPS + 1, lr_schedule=sched, lr_max=LR_MAX, lr_min=LR_MIN)
   kw = {}
   if cfg.rho_schedule == 'lr_tied':
     kw['rho'] = rsam.lr_tied_rho(sched, rho_max=cfg.rho_max, rho_min=cfg.rho_min, lr_max=LR_MAX,
-                                 lr_min=LR_MIN, warmup_steps=cfg.rho_warmup_steps)
+                                 lr_min=LR_MIN, warmup_steps=cfg.rho_warmup_steps, one_based=True)
   else:
     kw['rho'] = cfg.rho
   if 'gamma' in cfg:
-    kw.update(gamma=rsam.cosine_increase(cfg.gamma, cfg.gamma_growth, STEPS + 1), lam=cfg.lam)
+    kw.update(gamma=rsam.cosine_increase(cfg.gamma, cfg.gamma_growth, STEPS + 1, one_based=True), lam=cfg.lam)
   if 'alpha' in cfg:
     kw['alpha'] = cfg.alpha
   return updater, getattr(transforms, name)(base, **kw, **transform_kw)
@@ -114,7 +115,7 @@ def run_transform(tx, params, model_state, batches, keys):
   for batch, key in zip(batches, keys):
     params, model_state, opt_state, loss = step(params, model_state, opt_state, batch, key)
     out.append((params, model_state, loss))
-  assert int(opt_state.count) == len(batches)
+  assert int(opt_state.sam_step) == len(batches)
   return out
 
 
@@ -156,7 +157,7 @@ def test_m_sharpness_transform_equals_per_group_updater():
   fields = dict(rho=0.3, gamma=0.05, lam=2.0)
   base = optax.sgd(0.1, momentum=0.9)
   updater = rsam.PerGroup(rsam.SharpnessAware(**fields), m=4, mesh=mesh)
-  tx = transforms.rsam(base, **fields, m=4, mesh=mesh, init_aux=init_aux(model_state))
+  tx = transforms.rsam(base, **fields, m=4, mesh=mesh, init_aux=init_aux(model_state), key=None)
   keys = [jax.random.key(100 + t) for t in range(len(batches))]
   expected = run_updater(updater, params, model_state, batches, keys, base)
 
@@ -223,14 +224,14 @@ def test_transform_composes_inside_an_outer_chain():
 def test_bad_calls_say_what_to_do():
   params, model_state, batches = setup()
   grad_fn = grad_fn_of(model_state, batches[0])
-  tx = transforms.rsam(optax.sgd(0.1), rho=0.1, gamma=0.01, lam=2.0)
+  tx = transforms.rsam(optax.sgd(0.1), rho=0.1, gamma=0.01, lam=2.0, key=0)
   state = tx.init(params)
   trace = lambda f: jax.eval_shape(f)  # the checks run while tracing: nothing is computed
   with pytest.raises(ValueError, match='needs grad_fn='):
     trace(lambda: tx.update(None, state, params))
   with pytest.raises(ValueError, match='pass init_aux='):  # grad_fn returns (grads, aux), no init_aux
     trace(lambda: tx.update(None, state, params, grad_fn=grad_fn))
-  with_aux = transforms.rsam(optax.sgd(0.1), rho=0.1, gamma=0.01, lam=2.0, init_aux=model_state)
+  with_aux = transforms.rsam(optax.sgd(0.1), rho=0.1, gamma=0.01, lam=2.0, init_aux=model_state, key=0)
   with pytest.raises(ValueError, match='unlike init_aux'):
     trace(lambda: with_aux.update(None, with_aux.init(params), params, grad_fn=grad_fn))
   with pytest.raises(ValueError, match='needs mesh='):

@@ -9,6 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import rsam
 from rsam import updaters as U
+from rsam.training import factory
 
 N, D, K = 16, 5, 3
 RTOL, ATOL = 2e-4, 1e-6
@@ -131,9 +132,9 @@ def test_asam_matches_the_authors_code(zero_kernel):
   if zero_kernel:  # a zero-initialised kernel (a ViT head): the authors' η still perturbs it
     w['dense']['kernel'] = np.zeros_like(w['dense']['kernel'])
   g = np_grad(w, x, y)
-  cfg = rsam.updater_config('asam')
+  cfg = factory.updater_config('asam')
   assert (cfg.rho, cfg.eta, cfg.scale_biases) == (0.5, 0.01, False)  # asam.py's class defaults
-  updater = rsam.make_updater(cfg, total_steps=10)
+  updater = factory.make_updater(cfg, total_steps=10)
   expected = np_grad(np_asam_point(w, g, 0.5, 0.01, scaled=('kernel',)), x, y)
   out = run(updater, w, x, y)
   assert_tree_close(out.grads, expected)
@@ -145,7 +146,7 @@ def test_asam_davda54_variant_scales_every_leaf_without_eta():
   x, y, w = make_problem()
   g = np_grad(w, x, y)
   expected = np_grad(np_asam_point(w, g, 2.0, 0.0, scaled=('kernel', 'bias')), x, y)
-  out = run(rsam.make_updater(rsam.updater_config('asam', rho=2.0, eta=0.0, scale_biases=True),
+  out = run(factory.make_updater(factory.updater_config('asam', rho=2.0, eta=0.0, scale_biases=True),
                               total_steps=10), w, x, y)
   assert_tree_close(out.grads, expected)
 
@@ -294,8 +295,8 @@ def test_rsam_with_zero_gamma_is_sam():
 def test_gsam_with_zero_alpha_and_flat_rho_is_sam():
   x, y, w = make_problem(2)
   lr = optax.linear_schedule(1.0, 0.1, 100)
-  cfg = rsam.updater_config('gsam', alpha=0.0, rho_max=0.2, rho_min=0.2)
-  gsam = rsam.make_updater(cfg, total_steps=100, lr_schedule=lr, lr_max=1.0, lr_min=0.1)
+  cfg = factory.updater_config('gsam', alpha=0.0, rho_max=0.2, rho_min=0.2)
+  gsam = factory.make_updater(cfg, total_steps=100, lr_schedule=lr, lr_max=1.0, lr_min=0.1)
   a = run(gsam, w, x, y, step=37)
   b = run(rsam.SharpnessAware(rho=0.2), w, x, y)
   assert_tree_close(a.grads, b.grads, rtol=1e-5)
@@ -417,14 +418,15 @@ def official_rho(lr, t, *, rho_max=2.5, rho_min=1.5, lr_max=3e-3, lr_min=3e-5):
 
 
 def test_gamma_cosine_increase_matches_official_formula():
-  sched = rsam.cosine_increase(5e-4, 5.0, 1000)
+  sched = rsam.cosine_increase(5e-4, 5.0, 1000, one_based=True)
   for step in [0, 249, 499, 998, 999]:  # t = 1 ... T, the official loop's range
     np.testing.assert_allclose(sched(step), official_gamma(step + 1, total_steps=1000), rtol=1e-6)
 
 
 def test_lr_tied_rho_with_warmup_branch():
   lr = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 100, 1000, end_value=3e-5)
-  rho = rsam.lr_tied_rho(lr, rho_max=2.5, rho_min=1.5, lr_max=3e-3, lr_min=3e-5, warmup_steps=100)
+  rho = rsam.lr_tied_rho(lr, rho_max=2.5, rho_min=1.5, lr_max=3e-3, lr_min=3e-5, warmup_steps=100,
+                         one_based=True)
   for step in [0, 50, 98]:  # t = step + 1 < 100
     np.testing.assert_allclose(rho(step), 2.5 * lr(step) / 3e-3, rtol=1e-6)
   for step in [99, 100, 500, 1000]:
@@ -442,7 +444,7 @@ def test_vit_schedules_follow_the_official_loop_at_its_boundaries():
   total = config_check.total_steps(config)
   schedule, lr_max, lr_min = optim.make_lr_schedule(config.schedule, config.optimizer.lr, total)
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
-  updater = rsam.make_updater(config.updater, total_steps=total, lr_schedule=schedule, lr_max=lr_max,
+  updater = factory.make_updater(config.updater, total_steps=total, lr_schedule=schedule, lr_max=lr_max,
                               lr_min=lr_min, mesh=mesh).updater  # the per-group SharpnessAware
   for step in [0, 1, 5_000, 9_998, 9_999, 10_000, 10_001, 50_000, total - 2, total - 1]:
     t = step + 1
@@ -457,12 +459,12 @@ def test_vit_schedules_follow_the_official_loop_at_its_boundaries():
 
 
 def test_rsam_factory_defaults_are_the_official_values():
-  cfg = rsam.updater_config('rsam')
+  cfg = factory.updater_config('rsam')
   assert (cfg.rho_max, cfg.rho_min, cfg.rho_warmup_steps, cfg.lam, cfg.gamma, cfg.gamma_growth) == (
       2.5, 1.5, 10_000, 2.0, 5e-4, 5.0)
   lr = optax.join_schedules([optax.linear_schedule(0, 3e-3, 10_000),
                              optax.linear_schedule(3e-3, 3e-5, 83_834)], [10_000])
-  upd = rsam.make_updater(cfg, total_steps=93_834, lr_schedule=lr, lr_max=3e-3, lr_min=3e-5)
+  upd = factory.make_updater(cfg, total_steps=93_834, lr_schedule=lr, lr_max=3e-3, lr_min=3e-5)
   np.testing.assert_allclose(upd.rho(5_000), 2.5 * 0.5, rtol=1e-5)
   np.testing.assert_allclose(upd.gamma(93_834), 2.5e-3, rtol=1e-5)
 
@@ -478,20 +480,20 @@ def test_rsam_factory_defaults_are_the_official_values():
 ])
 def test_bad_updater_config_is_one_line(name, field, value, fragment):
   with pytest.raises(rsam.ConfigError) as e:
-    cfg = rsam.updater_config(name)
+    cfg = factory.updater_config(name)
     cfg[field] = value
-    rsam.validate(cfg)
+    factory.validate(cfg)
   assert fragment in str(e.value) and '\n' not in str(e.value)
 
 
 def test_m_must_divide_per_device_batch():
   with pytest.raises(rsam.ConfigError, match='does not divide the per-device batch 6'):
-    rsam.validate(rsam.updater_config('sam', m=4), per_device_batch=6)
+    factory.validate(factory.updater_config('sam', m=4), per_device_batch=6)
 
 
 def test_field_of_another_updater_is_refused():
   with pytest.raises(rsam.ConfigError, match="has no field 'lam'"):
-    rsam.updater_config('sam', lam=2.0)
+    factory.updater_config('sam', lam=2.0)
 
 
 # ---------------------------------------------------------------- m-sharpness

@@ -16,9 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-import rsam
-from rsam import factory
-from rsam.training import optim
+from rsam.training import factory, optim
 from tests.test_updaters import (assert_tree_close, flat, make_problem, np_asam_point, np_decompose,
                                  np_grad, np_loss, np_noise, np_sam_point, run, tmap)
 
@@ -65,8 +63,8 @@ COVERED_ELSEWHERE = set(LR_TIED) | set(GROUPS) | {'adaptive'}
 
 
 def _build(name, **fields):
-  cfg = rsam.updater_config(name, **fields)
-  return rsam.make_updater(cfg, total_steps=TOTAL, lr_schedule=optax.linear_schedule(LR_MAX, LR_MIN, TOTAL),
+  cfg = factory.updater_config(name, **fields)
+  return factory.make_updater(cfg, total_steps=TOTAL, lr_schedule=optax.linear_schedule(LR_MAX, LR_MIN, TOTAL),
                            lr_max=LR_MAX, lr_min=LR_MIN)
 
 
@@ -140,8 +138,8 @@ def test_rgsam_lr_tied_update_uses_the_schedule_alpha_and_lambda():
 
 def test_group_fields_reach_the_grouped_updater():
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
-  cfg = rsam.updater_config('rsam', lam=0.7, **GROUPS)
-  upd = rsam.make_updater(cfg, total_steps=TOTAL, lr_schedule=optax.linear_schedule(LR_MAX, LR_MIN, TOTAL),
+  cfg = factory.updater_config('rsam', lam=0.7, **GROUPS)
+  upd = factory.make_updater(cfg, total_steps=TOTAL, lr_schedule=optax.linear_schedule(LR_MAX, LR_MIN, TOTAL),
                           lr_max=LR_MAX, lr_min=LR_MIN, mesh=mesh, per_device_batch=8)
   assert (upd.m, upd.mode, upd.part_mode()) == (4, 'loop', 'loop')
   assert upd.updater.lam == 0.7 and upd.updater.accum_steps == 1
@@ -149,7 +147,7 @@ def test_group_fields_reach_the_grouped_updater():
 
 def test_accum_steps_reach_the_updater():
   for name in ('plain', 'sam', 'rsam'):
-    upd = rsam.make_updater(rsam.updater_config(name, **({'rho_schedule': 'constant'} if name == 'rsam'
+    upd = factory.make_updater(factory.updater_config(name, **({'rho_schedule': 'constant'} if name == 'rsam'
                                                           else {})), total_steps=TOTAL, accum_steps=4)
     assert upd.accum_steps == 4, name
 

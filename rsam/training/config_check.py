@@ -10,9 +10,8 @@ import jax
 
 import data
 import models
-import rsam
 from rsam.errors import ConfigError
-from rsam.training import losses, optim, paths
+from rsam.training import factory, losses, optim, paths
 
 
 class NonFiniteError(ConfigError):
@@ -74,7 +73,7 @@ def validate(config) -> None:
   if config.schedule.name not in optim.SCHEDULES:
     raise ConfigError(f"config.schedule.name={config.schedule.name!r}; choose one of: "
                       f"{', '.join(optim.SCHEDULES)}")
-  rsam.validate(config.updater)
+  factory.validate(config.updater)
   from rsam.training import evaluation, progress  # pylint: disable=g-import-not-at-top
   data.validate(config.data, tuple(evaluation.intervals(config)))
   progress.trace_steps(config)
@@ -176,7 +175,7 @@ def check_batch(config, *, num_devices: int, process_count: int) -> None:
   if (config.batch_size // num_devices) % config.grad_accum_steps:
     raise ConfigError(f'config.grad_accum_steps={config.grad_accum_steps} does not divide the per-device '
                       f'batch {config.batch_size // num_devices}; pick a divisor of it')
-  rsam.validate(config.updater, per_device_batch=config.batch_size // num_devices)
+  factory.validate(config.updater, per_device_batch=config.batch_size // num_devices)
   del process_count  # a multiple of the device count is a multiple of the process count
 
 
@@ -190,9 +189,6 @@ def identity(config) -> dict:
     else:
       d.pop(node, None)
   return d
-
-
-_identity = identity  # configs/tables.py reads it under this name
 
 
 def identity_diff(saved: dict, current: dict) -> list:
@@ -213,7 +209,7 @@ def _diff(a, b, prefix=''):
 
 def _identity_from_json(saved: dict) -> dict:
   import ml_collections
-  return _identity(ml_collections.ConfigDict(saved))
+  return identity(ml_collections.ConfigDict(saved))
 
 
 def run_config(workdir: str, config=None):
@@ -237,7 +233,7 @@ def run_config(workdir: str, config=None):
   import ml_collections  # pylint: disable=g-import-not-at-top
   if config is None:
     return ml_collections.ConfigDict(saved)
-  differ = _diff(_identity_from_json(saved), _identity(config))
+  differ = _diff(_identity_from_json(saved), identity(config))
   if differ:
     raise ConfigError(f'--config does not match the run in {workdir} ({", ".join(differ[:5])} differ from '
                       f'its config.json), so it does not describe that checkpoint; drop --config to use '

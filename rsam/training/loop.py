@@ -26,7 +26,8 @@ def hardware() -> dict:
           'host': platform.machine(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__}
 
 
-def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, start_over: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, start_over: bool = False,
+                       wandb_naming=None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
 
   ``workdir`` is a local folder or a ``gs://`` path. The run's folder (rsam/training/run_folder.py) owns its
@@ -35,12 +36,14 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, star
   (it hands over first); ``start_over``: archive what the folder holds and train from step 0. A write that
   fails for lack of space or permission is one ``paths.WriteFailed`` line (exit code 74), a bucket
   unreachable past ``config.storage_retry_s`` one ``paths.StorageUnreachable`` line (69).
+  ``wandb_naming``: the wandb run's group, name, tags and summary, from the application (writers.identity).
   """
   paths.quiet_write_failures()  # orbax's save threads would log pages of traceback for such a failure
   opened = []
   try:
     with contextlib.ExitStack() as cleanup:  # the folder (checkpointer, lease), however the run ends
-      return _train_and_evaluate(config, workdir, force_resume, start_over, cleanup, opened)
+      return _train_and_evaluate(config, workdir, force_resume, start_over, cleanup, opened,
+                                  wandb_naming)
   except interrupts.Preempted:  # its line says what was saved
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -53,7 +56,7 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, star
 
 
 def _train_and_evaluate(config, workdir: str, force_resume: bool, start_over: bool,
-                        cleanup: contextlib.ExitStack, opened: list) -> dict:
+                        cleanup: contextlib.ExitStack, opened: list, wandb_naming=None) -> dict:
   start_time = time.time()
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
@@ -90,7 +93,8 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, start_over: bo
 
   # This process's segment of the run; its writer drops the metrics of steps the workdir already holds.
   folder.begin(start_step, hardware())
-  writer = folder.writer(writers.make_writer(config, workdir, resume_id=folder.wandb_id()))
+  writer = folder.writer(writers.make_writer(config, workdir, resume_id=folder.wandb_id(),
+                                             naming=wandb_naming))
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
   signals = interrupts.Interrupts(agree=distributed.agree_on_signal if jax.process_count() > 1 else None)

@@ -46,6 +46,9 @@ os.environ['EPATH_USE_TF'] = 'false'  # before etils decides (it caches the choi
 if os.environ.get('STORAGE_EMULATOR_HOST'):
   _host = os.environ['STORAGE_EMULATOR_HOST']
   os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', _host if '://' in _host else f'http://{_host}')
+  # An emulator takes no credentials: without a token tensorstore looks for gcloud's and logs an alarming
+  # "Could not find the credentials file ... gcloud auth application-default login" line.
+  os.environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')
   # Without credentials gcsfs logs a warning per bucket while it probes the bucket type; an emulator has none.
   logging.getLogger('gcsfs').setLevel(logging.ERROR)
 

@@ -12,9 +12,8 @@ import optax
 from jax.sharding import Mesh
 
 import models
-import rsam
 from data import mixup, sources
-from rsam.training import config_check, losses, optim, sharding
+from rsam.training import config_check, factory, losses, optim, sharding
 from rsam.training.sharding import make_mesh  # noqa: F401  (the one mesh constructor; re-exported)
 
 
@@ -109,7 +108,7 @@ def state_shapes(config):
 def build(config, mesh: Mesh) -> Run:
   num_devices = mesh.devices.size
   model, tx, schedule, lr_max, lr_min, total_steps, num_classes, init_state = _parts(config)
-  updater = rsam.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
+  updater = factory.make_updater(config.updater, total_steps=total_steps, lr_schedule=schedule,
                               lr_max=lr_max, lr_min=lr_min, mesh=mesh,
                               accum_steps=config.grad_accum_steps,
                               per_device_batch=config.batch_size // num_devices)  # batch over all axes

@@ -8,14 +8,13 @@ None = env).
 A wandb run's identity (``identity``):
 - id: drawn once and stored in ``<workdir>/wandb_id`` (run_folder.wandb_id); a resumed run reuses it, a new
   workdir at the same path (``rm -rf`` and rerun, another machine) starts a new wandb run.
-- ``config.wandb.cell``: the table cell the run belongs to, ``<home>/<name>`` of configs/tables.py (e.g.
-  ``3/vit_b16-none-rsam``; scripts/reproduce.py sets it); unset, the cell whose config equals the run's up
-  to seed and bookkeeping fields (configs/tables.py: cell_of), if any. Then group = the cell (``table3/vit_b16-none-rsam``:
-  wandb's group averaging is the cell's mean over seeds), name = cell + seed, tags = the tables that read the
-  run, and the summary holds the paper's numbers of that cell (``paper/table<k>/<set>/accuracy``, fractions
-  as ours). ``group`` / ``name`` set explicitly win; ``tags`` add to the computed ones.
+- group, name, the leading tags and the summary's paper numbers come from the application, which knows the
+  paper's tables (train.py hands down configs/tables.py's ``wandb_naming``: the table cell of
+  ``config.wandb.cell`` or of the config's content, ``table3/vit_b16-none-rsam/seed0``; a config in no
+  cell is named after its file, ``quickstart/seed0``). The trainer never imports configs/.
+  ``config.wandb.group`` / ``name`` set explicitly win; ``config.wandb.tags`` add to the rest.
 - tags always hold model, updater (the base optimizer for 'plain'), dataset and seed; job_type is 'train',
-  or 'runlocal' for runs on tfds mock data (``data.mock_examples``).
+  or 'runlocal' for runs on tfds mock data (``data.mock_examples``) or smoke runs the application names so.
 - At the end, the summary holds ``final/<set>/accuracy`` of every eval set (``summarize``).
 - A missing login is one ConfigError naming ``wandb login``, a login without a reachable server one naming
   the network (after wandb's retries, ``WANDB_INIT_TIMEOUT``); both name ``WANDB_MODE=offline``.
@@ -171,37 +170,26 @@ def wandb_wanted(wandb_cfg) -> bool:
   return bool(wandb_cfg.get('enabled')) or mode in ('online', 'offline')
 
 
-def identity(config) -> dict:
-  """{'name', 'group', 'tags', 'job_type', 'summary'} of the wandb run of ``config`` (module docstring)."""
+def identity(config, naming: Optional[Mapping[str, Any]] = None) -> dict:
+  """{'name', 'group', 'tags', 'job_type', 'summary'} of the wandb run of ``config`` (module docstring).
+
+  ``naming``: what the application calls the run (train.py hands down configs/tables.py: wandb_naming):
+  ``group``, ``name``, leading ``tags``, ``summary`` and ``job_type``, each optional. The config's own
+  ``config.wandb.group`` / ``name`` / ``job_type`` win; ``config.wandb.tags`` add to the tags.
+  """
+  naming = naming or {}
   wandb_cfg = config.get('wandb', {})
   seed = config.get('seed', 0)
   updater = config.updater.name
   if updater == 'plain':
     updater = {'momentum': 'sgd_momentum'}.get(config.optimizer.name, config.optimizer.name)
-  tags = [config.model.name, updater, config.data.name, f'seed{seed}']
-  group = name = None
-  summary = {}
-  cell = wandb_cfg.get('cell')
-  from configs import tables  # pylint: disable=g-import-not-at-top  (the training repo, not the wheel)
-  if cell:
-    home, _, cell_name = cell.partition('/')
-    run = tables.by_name().get((home, cell_name))
-    if run is None:
-      raise ConfigError(f'config.wandb.cell={cell!r} is not a table cell of configs/tables.py; write it as '
-                        f"'<home>/<name>', e.g. '3/vit_b16-none-rsam'")
-  else:  # a table config run by hand: found by its content (any change but seed and bookkeeping: none)
-    run = tables.cell_of(config)
-    home, cell_name = (run.home, run.name) if run else (None, None)
-  if run is not None:
-    group = f'{tables.label(home)}/{cell_name}'
-    name = f'{group}/seed{seed}'
-    tags = [tables.label(t) for t in run.tables] + tags
-    summary = {f'paper/{tables.label(table)}/{eval_set}/accuracy': value / 100.0
-               for (table, eval_set), value in tables.paper_numbers(run).items()}
+  tags = list(naming.get('tags') or ()) + [config.model.name, updater, config.data.name, f'seed{seed}']
   tags += [t for t in (wandb_cfg.get('tags') or ()) if t not in tags]
   mock = (config.data.get('mock_examples') or 0) if 'data' in config else 0
-  return {'group': wandb_cfg.get('group') or group, 'name': wandb_cfg.get('name') or name, 'tags': tags,
-          'job_type': wandb_cfg.get('job_type') or ('runlocal' if mock else 'train'), 'summary': summary}
+  job_type = wandb_cfg.get('job_type') or naming.get('job_type') or ('runlocal' if mock else 'train')
+  return {'group': wandb_cfg.get('group') or naming.get('group'),
+          'name': wandb_cfg.get('name') or naming.get('name'), 'tags': tags, 'job_type': job_type,
+          'summary': dict(naming.get('summary') or {})}
 
 
 def summarize(writer: interface.MetricWriter, eval_results: dict) -> None:
@@ -235,8 +223,10 @@ def persist(writer) -> None:
     copies.copy_now()
 
 
-def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.MetricWriter:
-  """clu's default writer (TensorBoard + logging) on process 0, plus wandb when asked."""
+def make_writer(config, workdir: str, *, resume_id: Optional[str],
+                naming: Optional[Mapping[str, Any]] = None) -> interface.MetricWriter:
+  """clu's default writer (TensorBoard + logging) on process 0, plus wandb when asked (named by ``naming``:
+  ``identity``)."""
   staging = paths.staging_dir(workdir)
   if jax.process_index() > 0:
     writer = metric_writers.create_default_writer(None, just_logging=True, asynchronous=False)
@@ -253,7 +243,7 @@ def make_writer(config, workdir: str, *, resume_id: Optional[str]) -> interface.
     return writer
   import wandb
   mode = wandb_cfg.get('mode') or os.environ.get('WANDB_MODE') or 'online'
-  who = identity(config)
+  who = identity(config, naming)
   try:
     run = wandb.init(project=wandb_cfg.get('project') or 'rsam', entity=wandb_cfg.get('entity'),
                      group=who['group'], name=who['name'], tags=who['tags'], job_type=who['job_type'],

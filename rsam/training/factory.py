@@ -1,5 +1,10 @@
 """One factory: an updater config (ml_collections) -> an updater. The training loop never branches on names.
 
+It belongs to the training repo (it reads ml_collections configs), not to the installed library: the
+configs (configs/common.py) and the trainer (config_check.py, train_step.py) import it as
+``rsam.training.factory``. Its schedules count steps as the official
+R-SAM loop does (``one_based=True``, rsam/schedules.py), so the configs follow the official code.
+
 Every constant is a field; the defaults are the official values (sources in
 ``shared/reference/algorithms.md``):
 
@@ -101,6 +106,11 @@ def validate(cfg, *, per_device_batch: Optional[int] = None) -> None:
                         f"pick an m that divides it (or m=None)")
 
 
+def _gamma_schedule(cfg, total_steps: int):
+  """γ rising on a cosine, at the official loop's t = step + 1."""
+  return cosine_increase(cfg.gamma, cfg.gamma_growth, max(int(total_steps), 1), one_based=True)
+
+
 def make_updater(cfg, *, total_steps: int, lr_schedule=None, lr_max: Optional[float] = None,
                  lr_min: Optional[float] = None, mesh=None, accum_steps: int = 1,
                  per_device_batch: Optional[int] = None):
@@ -113,8 +123,7 @@ def make_updater(cfg, *, total_steps: int, lr_schedule=None, lr_max: Optional[fl
     if accum_steps != 1:
       raise ConfigError('lpf_sgd already splits the batch into num_samples chunks; set '
                         'config.grad_accum_steps=1 and raise config.updater.num_samples instead')
-    return LPFSGD(gamma=cosine_increase(cfg.gamma, cfg.gamma_growth, total_steps),
-                  num_samples=cfg.num_samples)
+    return LPFSGD(gamma=_gamma_schedule(cfg, total_steps), num_samples=cfg.num_samples)
 
   if cfg.rho_schedule == 'lr_tied':
     if lr_schedule is None or lr_max is None or lr_min is None or lr_max == lr_min:
@@ -122,10 +131,10 @@ def make_updater(cfg, *, total_steps: int, lr_schedule=None, lr_max: Optional[fl
                         f"and final values differ (got lr_max={lr_max}, lr_min={lr_min}); or set "
                         f"config.updater.rho_schedule='constant' with config.updater.rho")
     rho = lr_tied_rho(lr_schedule, rho_max=cfg.rho_max, rho_min=cfg.rho_min, lr_max=lr_max,
-                      lr_min=lr_min, warmup_steps=cfg.rho_warmup_steps)
+                      lr_min=lr_min, warmup_steps=cfg.rho_warmup_steps, one_based=True)
   else:
     rho = cfg.rho
-  gamma = cosine_increase(cfg.gamma, cfg.gamma_growth, total_steps) if 'gamma' in cfg else None
+  gamma = _gamma_schedule(cfg, total_steps) if 'gamma' in cfg else None
   m = cfg.get('m')
   updater = SharpnessAware(
       rho=rho, gamma=gamma, lam=cfg.get('lam', 1.0), alpha=cfg.get('alpha', 0.0),
