@@ -8,6 +8,7 @@ lost its lease noticing) are checked in-process.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,22 +162,25 @@ def _write(path, record):
 def test_same_owner_on_another_host_takes_over_at_once(tmp_path, monkeypatch, capsys):
   """A preempted VM recreated under another hostname: the launcher's RSAM_LEASE_OWNER names the run, so the
   run that starts again takes its own live-looking lease at once (it used to wait lease_timeout_s, and the
-  launcher gave up on the exit 75). Another owner is still refused."""
+  launcher gave up on the exit 75). Another owner is still refused. The owner is written as the TPU
+  launcher writes it (scripts/tpu/pod.py: 'tpu:<project>/<zone>/<name>:<workdir>', with ':' and '/')."""
+  run = 'tpu:my-project/us-central2-b/rsam-b16:gs://BUCKET/runs/b16/seed0'
+  other = 'tpu:my-project/us-central2-b/rsam-b16:gs://BUCKET/runs/b16/seed1'
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
   path = os.path.join(workdir, lease.NAME)
-  old = {'owner': 'ann@tpu-vm-old:4242', 'host': 'tpu-vm-old', 'pid': 4242, 'owner_id': 'rsam-b16/seed0',
+  old = {'owner': 'ann@tpu-vm-old:4242', 'host': 'tpu-vm-old', 'pid': 4242, 'owner_id': run,
          'token': 'x', 'started': time.time() - 100, 'heartbeat': time.time() - 5}
   _write(path, old)
-  monkeypatch.setenv('RSAM_LEASE_OWNER', 'rsam-b16/seed0')
+  monkeypatch.setenv('RSAM_LEASE_OWNER', run)
   held = lease.acquire(workdir, timeout_s=300)
   out = capsys.readouterr().out
-  assert 'from ann@tpu-vm-old:4242 (RSAM_LEASE_OWNER=rsam-b16/seed0) (the same run' in out, out
-  assert json.load(open(path))['owner_id'] == 'rsam-b16/seed0'
+  assert f'from ann@tpu-vm-old:4242 (RSAM_LEASE_OWNER={run}) (the same run' in out, out
+  assert json.load(open(path))['owner_id'] == run
   held.release()
   _write(path, old)
-  monkeypatch.setenv('RSAM_LEASE_OWNER', 'rsam-b16/seed1')  # another run: still refused, naming the owner
-  with pytest.raises(lease.LeaseHeld, match=r'RSAM_LEASE_OWNER=rsam-b16/seed0'):
+  monkeypatch.setenv('RSAM_LEASE_OWNER', other)  # another run: still refused, naming the owner
+  with pytest.raises(lease.LeaseHeld, match=re.escape(f'RSAM_LEASE_OWNER={run}')):
     lease.acquire(workdir, timeout_s=300)
 
 
