@@ -462,6 +462,36 @@ def test_records_ahead_of_the_checkpoints_are_refused_and_start_over_archives_th
   REPORT['records_ahead'] = message
 
 
+@pytest.mark.parametrize('records', ['segments of this version', 'segments of an older version',
+                                     'results.json only'])
+def test_each_record_of_progress_is_checked_and_force_resume_takes_an_older_checkpoint(records, tmp_path,
+                                                                                     capsys):
+  """Each record that says how far a run got counts (segments.json's saved_to; an older version's segment
+  that ended saved; a finished run's results.json). With an older checkpoint left, the line names it and
+  --force_resume resumes from it, saying which steps are trained again. Only the check: nothing trains."""
+  from rsam.errors import ConfigError
+  from rsam.training import run_folder
+  workdir = tmp_path / 'run'
+  os.makedirs(workdir / 'checkpoints' / '4')  # a checkpoint older than the records (no manifest: older version)
+  if records == 'results.json only':
+    (workdir / 'results.json').write_text(json.dumps({'steps': TOTAL_STEPS}))
+  else:
+    segment = ({'from_step': 0, 'to_step': TOTAL_STEPS, 'saved_to': TOTAL_STEPS, 'ended': 'running'}
+               if records == 'segments of this version' else
+               {'from_step': 0, 'to_step': TOTAL_STEPS, 'ended': 'SIGTERM'})
+    (workdir / 'segments.json').write_text(json.dumps([segment]))
+  before = _hashes(str(workdir))
+  with pytest.raises(ConfigError) as info:
+    run_folder.check(_config(), str(workdir))
+  message = str(info.value)
+  where = 'results.json (a finished run)' if records == 'results.json only' else 'segments.json'
+  assert f'{where} says this run reached step {TOTAL_STEPS}' in message, message
+  assert 'the newest that remains is step 4: pass --force_resume' in message, message
+  run_folder.check(_config(), str(workdir), force=True)
+  assert f'resuming from it (--force_resume): steps 5-{TOTAL_STEPS} are trained again' in capsys.readouterr().out
+  assert _hashes(str(workdir)) == before
+
+
 def test_a_checkpoint_refuses_another_config_without_config_json(reference, tmp_path, monkeypatch):
   """config.json deleted, then a resume with another lr and rho: it used to continue with the new values
   and rewrite config.json. The checkpoint's manifest carries the run's identity."""

@@ -265,6 +265,27 @@ def test_a_different_config_on_the_same_gcs_workdir_is_refused(gcs, chain):
   assert {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, RUN + '/')} == before
 
 
+@pytest.mark.faults
+def test_checkpoints_gone_from_the_bucket_under_recorded_progress_are_refused(gcs, chain):
+  """A copy of the finished run whose checkpoints/ was deleted from the bucket (a lifecycle rule, a wrong
+  `gsutil rm -r`): the same command used to train from step 0 again beside the old records. Now one
+  `error:` line naming the step the records reached and the checkpoints' folder, exit 2, nothing written
+  to the bucket (not even the lease)."""
+  copy = 'tiny/no_checkpoints'
+  for name in gcs.objects(BUCKET, RUN + '/'):
+    if not name.startswith(f'{RUN}/checkpoints/'):
+      gcs.write(BUCKET, copy + name[len(RUN):], gcs.read(BUCKET, name))
+  before = {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, copy + '/')}
+  proc = subprocess.run(TRAIN + ['--workdir', f'gs://{BUCKET}/{copy}'], cwd=ROOT, env=chain['env'],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-3000:])
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and f'reached step {STEPS}' in errors[0], proc.stderr[-3000:]
+  assert f'gs://{BUCKET}/{copy}/checkpoints' in errors[0] and '--start_over' in errors[0], errors[0]
+  assert 'Traceback' not in proc.stderr and not proc.stdout.count('step '), proc.stdout[-2000:]
+  assert {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, copy + '/')} == before
+
+
 def test_damaged_newest_checkpoint_in_the_bucket_falls_back_to_the_previous_one(gcs, chain):
   """A copy of the finished run whose newest checkpoint lost its array data: the same command sets it aside
   (renamed <step>.damaged in the bucket, never deleted), resumes from the one before and ends as the

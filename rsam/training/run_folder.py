@@ -314,6 +314,7 @@ class RunFolder:
     if self.lease is not None:
       self.lease.release()
 
+
 def open(config, workdir: str, *, force_resume: bool = False, start_over: bool = False) -> RunFolder:  # pylint: disable=redefined-builtin
   """Opens the run folder: checks it (before anything is written, so a refused run changes nothing), takes
   its lease, checks again under the lease, archives it for ``start_over``, writes config.json and opens the
