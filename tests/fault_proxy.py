@@ -80,7 +80,7 @@ class FaultProxy:
     return self._command(op='events')['events']
 
   def requests(self) -> list:
-    """Every request line forwarded so far."""
+    """Every request line forwarded so far; a multipart upload's with ' (object NAME)' after it."""
     return self._command(op='requests')['requests']
 
   def env(self, base: dict) -> dict:
@@ -284,8 +284,9 @@ class _Server:
         close = reply_fields.get('connection', '').lower() == 'close' or (
             'content-length' not in reply_fields and 'chunked' not in reply_fields.get('transfer-encoding', ''))
         reply_body = b'' if no_body else _read_body(upstream, up_buffer, reply_fields, until_close=close)
-        with self.lock:
-          self.forwarded.append(request_line)
+        with self.lock:  # a multipart upload names its object in the body: recorded beside the line
+          named = re.search(rb'"name": "([^"]+)"', body[:4096]) if 'uploadType=multipart' in request_line else None
+          self.forwarded.append(request_line + (f' (object {named.group(1).decode()})' if named else ''))
         if upload_id and status_line.split(' ')[1] in ('200', '201') and not close:
           self.completed_uploads[upload_id.group(1)] = reply_head + reply_body
         if action == 'drop_reply':
