@@ -54,6 +54,9 @@ def get_base_config(updater: str = 'sam') -> ml_collections.ConfigDict:
   # The workdir's lease (rsam/training/lease.py): another run's lease whose heartbeat is older than this is
   # taken over (at once if its process on this host is gone, or with --force_resume).
   c.lease_timeout_s = 300.0
+  # How long a gs:// request is retried through an outage before the run stops with exit code 69
+  # (rsam/training/paths.py); bookkeeping: may change on a resume.
+  c.storage_retry_s = 900.0
   c.wandb = ml_collections.ConfigDict({
       'enabled': False, 'mode': placeholder(str), 'project': 'rsam', 'entity': placeholder(str),
       'cell': placeholder(str),  # '<home>/<name>' of configs/tables.py: group, name, tags, paper numbers

@@ -54,7 +54,7 @@ CHECKED = ('batch_size', 'num_epochs', 'total_steps', 'grad_accum_steps', 'loss'
 IGNORED = ('seed', 'wandb', 'distributed', 'data.data_dir', 'eval_sets', 'eval_batch_size',
            'eval_every_steps', 'eval_intervals', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
            'nan_policy', 'profile', 'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s',
-           'mesh', 'shard_min_bytes')
+           'mesh', 'shard_min_bytes', 'storage_retry_s')
 
 
 # --- runs ---------------------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
-r"""Runs the fault-injection suite (tests/test_faults.py) and writes results/reliability.md from that run.
+r"""Runs the fault-injection suite and writes results/reliability.md from that run.
 
     python scripts/reliability_report.py                  # new random kill points
     RSAM_FAULTS_SEED=123 python scripts/reliability_report.py
+    python scripts/reliability_report.py --long           # gs:// outages of minutes, not CI's seconds
+
+The suite: every test marked ``faults`` in tests/test_faults.py, tests/test_lease.py and tests/test_gcs.py
+(the gs:// ones behind tests/fault_proxy.py). ``--long`` sets RSAM_FAULTS_LONG: the outage within the
+deadline lasts 150 s (config.storage_retry_s=300) and the one past it 400 s (deadline 120 s).
 
 The tables come from the facts the tests record (RSAM_FAULTS_REPORT) and from pytest's outcome of each
 test (a JUnit XML file); the wall time and the CPU time of pytest and its subprocesses are measured here.
@@ -20,20 +25,30 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'results', 'reliability.md')
-COMMAND = 'python -m pytest -m faults -q tests/test_faults.py tests/test_lease.py'
+TESTS = ('tests/test_faults.py', 'tests/test_lease.py', 'tests/test_gcs.py')
+# Two workers, one test file each at a time (as the README's test command): each file's facts come from
+# the one worker that ran it (tests/test_faults.py: RSAM_FAULTS_REPORT, tests/test_gcs.py: its .gcs.json).
+PYTEST_ARGS = ('-m', 'faults', '-q', '-n', '2', '--dist', 'loadfile', *TESTS)
+COMMAND = f'python -m pytest {" ".join(PYTEST_ARGS)}'
 
 
-def run_suite(tmp):
+def run_suite(tmp, long=False):
   report, junit = os.path.join(tmp, 'report.json'), os.path.join(tmp, 'junit.xml')
   env = dict(os.environ, RSAM_FAULTS_REPORT=report)
+  if long:
+    env['RSAM_FAULTS_LONG'] = '1'
   start = time.time()
-  proc = subprocess.run([sys.executable, '-m', 'pytest', '-m', 'faults', '-q', 'tests/test_faults.py',
-                         'tests/test_lease.py',
+  proc = subprocess.run([sys.executable, '-m', 'pytest', *PYTEST_ARGS,
                          f'--junitxml={junit}', '-p', 'no:cacheprovider'], cwd=ROOT, env=env)
   wall = time.time() - start
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  with open(report) as f:
-    facts = json.load(f)
+  facts = {}
+  if os.path.exists(report):  # absent when pytest stopped before the fault suite's teardown
+    with open(report) as f:
+      facts = json.load(f)
+  if os.path.exists(report + '.gcs.json'):
+    with open(report + '.gcs.json') as f:
+      facts.update(json.load(f))
   outcomes = {}
   for case in ET.parse(junit).getroot().iter('testcase'):
     name = case.get('name')
@@ -60,7 +75,7 @@ def outcome(outcomes, prefix):
 
 def scrub(text):
   """No path of this machine in the repository: temporary folders become <tmp>, the checkout <repo>."""
-  text = re.sub(r'/[^\s`\'"]*?/pytest-of-[^/\s]+/pytest-\d+', '<tmp>', str(text))
+  text = re.sub(r'/[^\s`\'"]*?/pytest-of-[^/\s]+/pytest-\d+(/popen-gw\d+)?', '<tmp>', str(text))
   return text.replace(ROOT, '<repo>').replace(tempfile.gettempdir(), '<tmp>')
 
 
@@ -77,7 +92,7 @@ def render(facts, outcomes, timing):
   if kills:
     where = ', '.join(f"after the step-{e.get('signal_after_step')} line (started at {e['started_at_step']})"
                       for e in kills)
-    restarts = [e['started_at_step'] for e in events[3:]]  # the starts after each kill
+    restarts = [e['started_at_step'] for e in events[4:]]  # the starts after each kill
     tmp = sum(e.get('tmp_dirs_at_start', 0) for e in events)
     rows.append(('`kill -9` of `train.py` (checkpoint every step, keep 3)', f'{len(kills)}× — {where}',
                  f'restarts resumed from steps {restarts}; {tmp} interrupted save(s) found at restart and '
@@ -90,12 +105,17 @@ def render(facts, outcomes, timing):
                  f"exit {sigterm.get('rc')}; stderr `{info.get('message', '?')}`; checkpoint of that step "
                  f"on disk; the next start resumed from step {info.get('resumed_from', '?')}",
                  outcome(outcomes, 'test_sigterm')))
-  sigint = chain.get('sigint')
-  if sigint:
-    event = next((e for e in events if e.get('signal') == 'SIGINT'), {})
-    rows.append(('SIGINT (Ctrl-C)', f"1× — after the step-{event.get('signal_after_step')} line",
-                 f"exit {event.get('rc')}; stderr `{sigint['message']}`; the next start resumed from step "
-                 f"{sigint['resumed_from']}", outcome(outcomes, 'test_sigint')))
+  for name, what in (('SIGINT', 'SIGINT (Ctrl-C)'), ('SIGHUP', 'SIGHUP (the ssh session dropped)')):
+    info = chain.get(name.lower())
+    if info:
+      event = next((e for e in events if e.get('signal') == name), {})
+      rows.append((what, f"1× — after the step-{event.get('signal_after_step')} line",
+                   f"exit {event.get('rc')}; stderr `{info['message']}`; the next start resumed from step "
+                   f"{info['resumed_from']}", outcome(outcomes, f'test_{name.lower()}')))
+  if 'closed_stdout' in facts:
+    rows.append(('stdout closed after the first step line (`| tee` over a dropped ssh session)', '1× (a real '
+                 'pipe whose reader closed it)', facts['closed_stdout'] + '; no traceback',
+                 outcome(outcomes, 'test_a_closed_stdout')))
   for during, message in facts.get('signal_after_last_step', {}).items():
     rows.append((f'SIGTERM during the {during} (after the last step)', '1× (a real signal to the process)',
                  f'the checkpoint of step 12 completes (bit-identical to the reference), then `{message}`, exit '
@@ -113,6 +133,65 @@ def render(facts, outcomes, timing):
     rows.append((what.capitalize(), '1× in-process run', f'exit code 74, one line: `{message}`; that checkpoint '
                  'restores bit-identical to the reference; no traceback on stderr',
                  outcome(outcomes, 'test_disk_full' if 'disk' in what else 'test_read_only')))
+  if 'records_ahead' in facts:
+    rows.append(('checkpoints/ deleted under a run whose segments.json says step 12 was saved', '2 starts, '
+                 'then `--start_over`', f"refused twice, nothing written: `{facts['records_ahead']}`; "
+                 '`--start_over` archived the old records and trained from 0: each logged step once, '
+                 'the reference eval', outcome(outcomes, 'test_records_ahead')))
+  rows.append(('checkpoints/ deleted from the bucket under a finished gs:// run (step 24), then the same '
+               'command', '1× through `train.py`', 'exit 2, one `error:` line naming step 24 and '
+               '`gs://…/checkpoints`; nothing written to the bucket (not even the lease)',
+               outcome(outcomes, 'test_checkpoints_gone_from_the_bucket')))
+  if 'identity_without_config_json' in facts:
+    rows.append(('config.json deleted, resumed with another lr and rho', '1× in-process',
+                 f"refused from the checkpoint's manifest, config.json not rewritten: "
+                 f"`{facts['identity_without_config_json']}`", outcome(outcomes, 'test_a_checkpoint_refuses')))
+  if 'emptied' in facts:
+    rows.append(('Every file of the workdir deleted during the run (after checkpoint 4)', '1× in-process',
+                 f"stopped at the next save, no checkpoint written: `{facts['emptied']}`",
+                 outcome(outcomes, 'test_a_folder_emptied')))
+  if 'events_before_segments' in facts:
+    rows.append(('Crash after the events of a checkpoint step reached the workdir, before segments.json',
+                 '1× in-process', 'the resumed run read the events: train/loss written '
+                 f"{facts['events_before_segments']['train_loss_writes_per_step']}× per step",
+                 outcome(outcomes, 'test_a_crash_between')))
+  if 'cache_folders' in facts:
+    rows.append(('RSAM_CACHE_DIR under a regular file; a read-only compilation cache', '1× each',
+                 '; '.join(f'{k}: `{v}`' for k, v in facts['cache_folders'].items()),
+                 outcome(outcomes, 'test_an_unusable_cache')))
+  if 'outages' in facts:
+    o = facts['outages']
+    lines = o['lines']
+    first = ' / '.join(lines['first'][:1] + [l for l in lines['first'] if l.startswith('SIGTERM')])
+    rows.append(('gs:// through the fault proxy: 5% 503s, 5% resets, the replies of 30% of the lease writes lost, '
+                 f"a {o['within'][0]} s outage (config.storage_retry_s={o['within'][1]}), then SIGTERM 3 s "
+                 'into an outage', f"faults injected: {o['faults']}",
+                 f"exit {o['rc'][0]}: `{first}`", outcome(outcomes, 'test_faults_within') + ' / '
+                 + outcome(outcomes, 'test_sigterm_during')))
+    rows.append((f"gs:// outage of {o['past'][0]} s past config.storage_retry_s={o['past'][1]}", '1×',
+                 f"exit {o['rc'][1]}: `{' / '.join(l for l in lines['second'] if l.startswith('error'))}`",
+                 outcome(outcomes, 'test_an_outage_past')))
+    rows.append(('The same command after the outages', '1×', f"exit {o['rc'][2]}; final state bit-identical to "
+                 'the uninterrupted reference, each logged step once in the bucket\'s TensorBoard events, no '
+                 'probe object left', outcome(outcomes, 'test_after_the_outages')))
+  rows.append(('One gs:// request through an outage (10 s within a 30 s deadline; 60 s past a 4 s one; a stop '
+               'signal 1 s into a 60 s one)', '3 processes, each behind its own proxy',
+               'within: written after the outage, one `waiting for` line and one `reachable again`; past: '
+               'StorageUnreachable after 4-8 s; signal: gave up within the 15 s grace',
+               outcome(outcomes, 'test_a_request_waits')))
+  rows.append(('A full local disk under a gs:// run\'s staging folder (a real 64 KB tmpfs, TensorFlow\'s '
+               'writer)', '1×', 'the line names this machine\'s disk and RSAM_CACHE_DIR, not the bucket',
+               outcome(outcomes, 'test_a_full_local_staging')))
+  rows.append(('The lease: a heartbeat whose reply was lost (3× through the proxy); the same RSAM_LEASE_OWNER on '
+               'another host; lease.json deleted; a heartbeat 120 s in the future', '1× each',
+               'kept (its own write recognised); taken over at once (another owner still refused); written '
+               'again with a warning, not "taken over"; live, "the clocks differ", no negative age',
+               ' / '.join(outcome(outcomes, t) for t in ('test_a_heartbeat_whose', 'test_same_owner',
+                                                          'test_a_deleted_lease', 'test_a_heartbeat_from'))))
+  rows.append(('`--force_resume` against a live `train.py`', 'two real processes',
+               'the new run asked and waited; the live one stopped at its next heartbeat (exit 75, one line) '
+               'after its save completed; the new run resumed from that checkpoint, deleted nothing',
+               outcome(outcomes, 'test_force_resume_waits')))
   rows.append(('Two runs on one workdir (lease), locally and on the GCS emulator', 'two holder processes racing '
                '(same start instant), then `train.py` against the held gs:// lease',
                'exactly one takes the lease; the other and `train.py` are refused with one line naming the '
@@ -233,7 +312,8 @@ def render(facts, outcomes, timing):
   lines = [
       '# Reliability: fault-injection results',
       '',
-      f"Produced by `python scripts/reliability_report.py`, which ran `{COMMAND}` on "
+      f"Produced by `python scripts/reliability_report.py{' --long' if timing.get('long') else ''}`, which ran "
+      f"`{COMMAND}` on "
       f"{datetime.date.today().isoformat()} ({platform.machine()}, {os.cpu_count()} CPU cores shared with "
       f"other jobs, 8 fake CPU devices). Kill points seed: `RSAM_FAULTS_SEED={facts.get('seed')}`. "
       f"Suite: wall {timing['wall_s']:.0f} s, CPU {timing['cpu_s']:.0f} s (pytest and its subprocesses; the "
@@ -313,15 +393,37 @@ STATIC = '''## Bugs the suite found, and the fixes
   device on the main thread (orbax's replica-parallel saving); a resume computed the initial state only to
   overwrite it. Now one replica is written (no program) and a resume restores into abstract shapes.
 
+- Issue #25 (a week on preemptible TPUs), each found with tests/fault_proxy.py or a real process/disk
+  and fixed; every test below failed on the code before the fix:
+  - a heartbeat whose reply was lost read its own write (a 412 on gcsfs's retry) as a takeover and exited
+    75 for good; now it reads its token back, as `acquire` did. A VM recreated under another hostname was
+    refused its own lease for `lease_timeout_s` (now `RSAM_LEASE_OWNER`); a deleted lease.json was "taken
+    over", a future heartbeat a negative age.
+  - gcsfs retried a request 6 times (about 30 s, a traceback per try): a 60 s outage crashed the run, a
+    SIGTERM during one exited 1 unsaved, the write probe left objects in the bucket. Now every request
+    retries up to `config.storage_retry_s` with one line, then exit 69; a signal ends the waits within 15
+    s and exits 143 saying what was not saved; no probe object on gs://. fake-gcs-server answers 404 to a
+    retried last chunk of a completed resumable upload (GCS answers 200): the run's own small writes are
+    now single-request uploads, and the proxy answers such a retry as GCS does.
+  - checkpoints deleted under recorded progress: a silent restart from step 0, duplicated dashboard,
+    a second "finished" segment. Now refused (exit 2) with `--start_over`; a folder emptied under a run
+    stops it at its next save.
+  - a missing config.json switched the identity check off (now in every checkpoint's manifest); a missing
+    checksum manifest beside others restored unverified as "saved before checksums" (now damage).
+  - `--force_resume` against a live run deleted its save in progress (now it waits for the hand-over).
+  - SIGHUP killed the run unsaved with its lease held; a closed stdout stopped it with a BrokenPipeError.
+  - a full staging disk of a gs:// run was reported as the bucket full; RSAM_CACHE_DIR under a file was a
+    traceback; a kill between the events and segments.json duplicated a TensorBoard point (now the resumed
+    run reads the events).
+
 ## Not fixed here (reported)
 
 - `data/`: unknown data fields (e.g. a misspelt `data.augment`) only log a warning and are ignored;
   `data.image_size='x'` raises a ValueError traceback instead of a DataError.
 - `rsam/training/factory.py`: `updater.m` defaults to None, so `--config.updater.m=4` cannot be given on the command
   line (ml_collections cannot infer the type); the suite writes a small config file instead.
-- `config_check.check_workdir` and the `results.json` write use `os`/`open`, so a `gs://` workdir (the
-  documented TPU usage) would put config.json and results.json on the local disk of a preemptible VM
-  (lost with it; the identity check then never fires); orbax itself writes to GCS.
+- On a pod, only process 0 checks the lease between steps: a `--force_resume` hand-over or a lost lease stops
+  process 0 alone, and the others wait at the next collective until jax's timeout.
 
 ## Measurements
 
@@ -336,10 +438,12 @@ STATIC = '''## Bugs the suite found, and the fixes
 
 
 def main():
+  long = '--long' in sys.argv[1:]
   with tempfile.TemporaryDirectory() as tmp:
     load = os.getloadavg()[0]
-    facts, outcomes, timing = run_suite(tmp)
+    facts, outcomes, timing = run_suite(tmp, long=long)
     timing['load'] = f'{load:.1f}'
+    timing['long'] = long
   with open(OUT, 'w') as f:
     f.write(render(facts, outcomes, timing))
   print(f'wrote {OUT}; pytest exit code {timing["rc"]}')

@@ -275,18 +275,18 @@ def test_train_py_hands_the_cell_of_a_config_by_hand_to_the_trainer(tmp_path):
 
 def test_wandb_id_is_stored_in_the_workdir_not_derived_from_its_path(tmp_path):
   import shutil
-  from rsam.training import config_check
+  from rsam.training import run_folder
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  first = config_check.run_id(None, workdir)
-  assert config_check.run_id(None, workdir) == first  # a resume appends to the same wandb run
+  first = run_folder.wandb_id(None, workdir)
+  assert run_folder.wandb_id(None, workdir) == first  # a resume appends to the same wandb run
   assert open(os.path.join(workdir, 'wandb_id')).read().strip() == first
   shutil.rmtree(workdir)
   os.makedirs(workdir)
-  assert config_check.run_id(None, workdir) != first  # rm -rf and a rerun at the same path: a new run
+  assert run_folder.wandb_id(None, workdir) != first  # rm -rf and a rerun at the same path: a new run
   from configs import tiny
   os.remove(os.path.join(workdir, 'wandb_id'))
-  assert config_check.run_id(tiny.get_config(), workdir) is None  # wandb off: no id, no file
+  assert run_folder.wandb_id(tiny.get_config(), workdir) is None  # wandb off: no id, no file
   assert not os.path.exists(os.path.join(workdir, 'wandb_id'))
 
 
@@ -326,7 +326,7 @@ def test_a_gcs_workdirs_events_count_as_logged_once_copied_and_earlier_files_sta
   what was copied, not what was written; a file an earlier process left in the staging folder is not copied;
   a run resumed later writes only the steps after what reached the workdir."""
   from clu import metric_writers
-  from rsam.training import segments, writers
+  from rsam.training import run_folder, writers
   staging, workdir = tmp_path / 'staging', tmp_path / 'workdir'
   staging.mkdir()
   workdir.mkdir()
@@ -337,12 +337,12 @@ def test_a_gcs_workdirs_events_count_as_logged_once_copied_and_earlier_files_sta
     return writers.CopiedToWorkdir(metric_writers.create_default_writer(str(staging), asynchronous=False),
                                    str(staging), str(workdir), every_secs=3600, earlier=earlier)
 
-  segment = segments.Segments(str(workdir), 0, {})
+  segment = run_folder.Segments(str(workdir), 0, {})
   writer = segment.wrap(copier())
   writer.write_scalars(4, {'loss': 1.0})
   writer.flush()  # an hour before the next timed copy
   segment.update(4, logged=True)
-  assert segment.current['logged_to'] is None and os.listdir(workdir) == [segments.NAME]
+  assert segment.current['logged_to'] is None and os.listdir(workdir) == [run_folder.SEGMENTS]
   writers.persist(writer)  # as before a checkpoint: copied now
   segment.update(4)
   assert segment.current['logged_to'] == 4
@@ -359,7 +359,7 @@ def test_a_gcs_workdirs_events_count_as_logged_once_copied_and_earlier_files_sta
     def write_scalars(self, step, scalars):
       written.append(step)
 
-  resumed = segments.Segments(str(workdir), 4, {})
+  resumed = run_folder.Segments(str(workdir), 4, {})
   inner = copier()
   assert copied[0] in inner.earlier
   resumed_writer = resumed.wrap(Recorder(inner))

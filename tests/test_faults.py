@@ -17,6 +17,11 @@ chosen step gets a non-finite pixel); "before any work" is proven by replacing `
 iterators and the dataset readers with functions that fail; 1 device is a 1-device mesh
 (``loop.make_mesh`` patched) in the same process.
 
+The run's folder (rsam/training/run_folder.py, issue #25): records ahead of the checkpoints, the identity
+without config.json, a folder emptied under the run, a crash between the events and segments.json, cache
+folders that cannot be used; SIGHUP in the kill chain and a stdout whose reader went away, as real
+processes. The gs:// faults through a proxy are in tests/test_gcs.py, the lease's in tests/test_lease.py.
+
 Facts each test establishes are collected in ``REPORT`` and, when RSAM_FAULTS_REPORT names a file, written
 there as JSON for scripts/reliability_report.py.
 """
@@ -365,9 +370,9 @@ def test_resume_into_a_different_config_is_refused_unless_forced(reference, tmp_
       _train(other, workdir)
   message = str(info.value)
   assert '\n' not in message and 'data.label_noise' in message and '--force_resume' in message, message
-  # Bookkeeping fields (cadence, eval sets) may change on resume.
-  from rsam.training import config_check
-  config_check.check_workdir(_config(checkpoint_every_steps=2, log_every_steps=1), str(workdir), force=False)
+  # Bookkeeping fields (cadence, eval sets, storage deadline) may change on resume.
+  from rsam.training import run_folder
+  run_folder.check(_config(checkpoint_every_steps=2, log_every_steps=1, storage_retry_s=20.0), str(workdir))
   capsys.readouterr()
   _train(other, workdir, force_resume=True)
   assert f'resumed from step {TOTAL_STEPS}' in capsys.readouterr().out
@@ -382,18 +387,18 @@ def test_start_that_failed_before_any_checkpoint_does_not_lock_the_workdir(tmp_p
   whose config.json is half-written names the file and the way out."""
   from data import DataError
   from rsam.errors import ConfigError
-  from rsam.training import config_check
+  from rsam.training import run_folder
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_tfds_data'))
   with pytest.raises(DataError, match='not prepared'):
     _train(_config(**{'data.name': 'cifar10'}), tmp_path / 'work')
   assert (tmp_path / 'work' / 'config.json').exists() and not _steps(tmp_path / 'work')
-  config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)  # the corrected config: accepted
+  run_folder.open(_config(), str(tmp_path / 'work')).release()  # the corrected config: accepted
   with open(tmp_path / 'work' / 'config.json') as f:
     assert json.load(f)['data']['name'] == 'digits'
   os.makedirs(tmp_path / 'work' / 'checkpoints' / '4')
   (tmp_path / 'work' / 'config.json').write_text('{"seed": 0, "data": {')  # half-written
   with pytest.raises(ConfigError) as info:
-    config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)
+    run_folder.check(_config(), str(tmp_path / 'work'))
   message = str(info.value)
   assert '\n' not in message and 'config.json' in message and '--force_resume' in message, message
   REPORT['late_failure'] = {'first_error': 'DataError: CIFAR-10 not prepared (config.json written)',
@@ -405,17 +410,202 @@ def test_config_json_of_the_wrong_shape_is_one_line(saved, tmp_path):
   """A config.json that parses but is not a config (a list, a field of the wrong type): one line naming the
   file and --force_resume, which rewrites it."""
   from rsam.errors import ConfigError
-  from rsam.training import config_check
+  from rsam.training import run_folder
   os.makedirs(tmp_path / 'work' / 'checkpoints' / '4')
   (tmp_path / 'work' / 'config.json').write_text(saved)
   with pytest.raises(ConfigError) as info:
-    config_check.check_workdir(_config(), str(tmp_path / 'work'), force=False)
+    run_folder.check(_config(), str(tmp_path / 'work'))
   message = str(info.value)
   assert '\n' not in message and 'config.json' in message and '--force_resume' in message, message
-  config_check.check_workdir(_config(), str(tmp_path / 'work'), force=True)
+  run_folder.open(_config(), str(tmp_path / 'work'), force_resume=True).release()
   with open(tmp_path / 'work' / 'config.json') as f:
     assert json.load(f)['data']['name'] == 'digits'
   REPORT.setdefault('config_json_shape', {})[saved] = message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run's folder (rsam/training/run_folder.py): records ahead of the checkpoints, the identity without
+# config.json, a folder emptied under the run, the dashboard after a crash between its two records
+
+
+def test_records_ahead_of_the_checkpoints_are_refused_and_start_over_archives_them(reference, tmp_path,
+                                                                                   monkeypatch):
+  """checkpoints/ deleted under a run whose records say it reached step 12: the same command used to train
+  from step 0 again, duplicate every TensorBoard point and add a second "finished" segment. Now one line
+  (the step the records reached, where the checkpoints went, the flag), nothing written; --start_over
+  archives the old records and trains from 0 with nothing mixed."""
+  from rsam.errors import ConfigError
+  workdir = _copy_run(reference, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints')
+  # As a killed run leaves it: no results.json, its segment 'running'; only saved_to says what was saved.
+  os.remove(workdir / 'results.json')
+  segments = json.loads((workdir / 'segments.json').read_text())
+  segments[-1]['ended'] = 'running'
+  (workdir / 'segments.json').write_text(json.dumps(segments))
+  before = _hashes(str(workdir))
+  for attempt in range(2):  # the second start must be refused the same way, not restart silently
+    with monkeypatch.context() as m:
+      _NoWork(m)
+      with pytest.raises(ConfigError) as info:
+        _train(_config(**EVERY_STEP), workdir)
+    message = str(info.value)
+    assert '\n' not in message and f'reached step {TOTAL_STEPS}' in message, message
+    assert str(workdir / 'checkpoints') in message and '--start_over' in message, message
+    assert _hashes(str(workdir)) == before  # nothing written, not even the lease
+  results = _train(_config(**EVERY_STEP), workdir, start_over=True)
+  archived = glob.glob(str(workdir / 'archive' / '*'))
+  assert len(archived) == 1, archived
+  assert {'config.json', 'segments.json'} <= set(os.listdir(archived[0]))
+  assert [(s['from_step'], s['ended']) for s in results['segments']] == [(0, 'finished')], results['segments']
+  assert _train_scalar_counts(workdir) == _train_scalar_counts(reference['workdir'])  # each logged step once
+  assert results['eval'] == reference['results']['eval']
+  REPORT['records_ahead'] = message
+
+
+@pytest.mark.parametrize('records', ['segments of this version', 'segments of an older version',
+                                     'results.json only'])
+def test_each_record_of_progress_is_checked_and_force_resume_takes_an_older_checkpoint(records, tmp_path,
+                                                                                     capsys):
+  """Each record that says how far a run got counts (segments.json's saved_to; an older version's segment
+  that ended saved; a finished run's results.json). With an older checkpoint left, the line names it and
+  --force_resume resumes from it, saying which steps are trained again. Only the check: nothing trains."""
+  from rsam.errors import ConfigError
+  from rsam.training import run_folder
+  workdir = tmp_path / 'run'
+  os.makedirs(workdir / 'checkpoints' / '4')  # a checkpoint older than the records (no manifest: older version)
+  if records == 'results.json only':
+    (workdir / 'results.json').write_text(json.dumps({'steps': TOTAL_STEPS}))
+  else:
+    segment = ({'from_step': 0, 'to_step': TOTAL_STEPS, 'saved_to': TOTAL_STEPS, 'ended': 'running'}
+               if records == 'segments of this version' else
+               {'from_step': 0, 'to_step': TOTAL_STEPS, 'ended': 'SIGTERM'})
+    (workdir / 'segments.json').write_text(json.dumps([segment]))
+  before = _hashes(str(workdir))
+  with pytest.raises(ConfigError) as info:
+    run_folder.check(_config(), str(workdir))
+  message = str(info.value)
+  where = 'results.json (a finished run)' if records == 'results.json only' else 'segments.json'
+  assert f'{where} says this run reached step {TOTAL_STEPS}' in message, message
+  assert 'the newest that remains is step 4: pass --force_resume' in message, message
+  run_folder.check(_config(), str(workdir), force=True)
+  assert f'resuming from it (--force_resume): steps 5-{TOTAL_STEPS} are trained again' in capsys.readouterr().out
+  assert _hashes(str(workdir)) == before
+
+
+def test_a_checkpoint_refuses_another_config_without_config_json(reference, tmp_path, monkeypatch):
+  """config.json deleted, then a resume with another lr and rho: it used to continue with the new values
+  and rewrite config.json. The checkpoint's manifest carries the run's identity."""
+  from rsam.errors import ConfigError
+  workdir = _copy_run(reference, tmp_path)
+  os.remove(workdir / 'config.json')
+  before = _hashes(str(workdir))
+  with monkeypatch.context() as m:
+    _NoWork(m)
+    with pytest.raises(ConfigError) as info:
+      _train(_config(**{'optimizer.lr': 0.1, 'updater.rho': 0.1}), workdir)
+  message = str(info.value)
+  assert '\n' not in message and 'optimizer.lr' in message and 'updater.rho' in message, message
+  assert f'checkpoint {TOTAL_STEPS}' in message and '--force_resume' in message, message
+  assert _hashes(str(workdir)) == before  # config.json not rewritten
+  REPORT['identity_without_config_json'] = message
+
+
+def test_a_folder_emptied_under_the_run_stops_it_at_its_next_save(tmp_path, monkeypatch):
+  """Every file of the workdir deleted after checkpoint 4 (a bucket emptied, an rm -r): the run notices at
+  its next save and stops in one line, writing no checkpoint into what is left."""
+  from rsam.errors import ConfigError
+  from rsam.training import loop
+  workdir = tmp_path / 'run'
+  real = loop.data.make_train_iterator
+
+  def emptying(*args, start_step=0, **kwargs):
+    for index, batch in enumerate(real(*args, start_step=start_step, **kwargs), start=start_step + 1):
+      if index == 7:
+        deadline = time.time() + 120  # checkpoint 4 finished (renamed from its temporary name), then all goes
+        while not (workdir / 'checkpoints' / '4').is_dir() or glob.glob(str(workdir / 'checkpoints' / '*tmp*')):
+          assert time.time() < deadline, os.listdir(workdir / 'checkpoints')
+          time.sleep(0.05)
+        for name in os.listdir(workdir):
+          path = workdir / name
+          shutil.rmtree(path) if path.is_dir() else os.remove(path)
+      yield batch
+  monkeypatch.setattr(loop.data, 'make_train_iterator', emptying)
+  with pytest.raises(ConfigError) as info:  # run_folder.FolderChanged: exit 2
+    _train(_config(checkpoint_every_steps=4), workdir)
+  message = str(info.value)
+  assert '\n' not in message and str(workdir / 'checkpoints' / '4') in message and 'gone' in message, message
+  assert '--start_over' in message, message
+  assert not _steps(workdir)  # nothing saved into the emptied folder
+  REPORT['emptied'] = message
+
+
+def test_a_crash_between_the_events_and_segments_json_logs_each_step_once(reference, tmp_path, monkeypatch):
+  """A process that dies after its events of step 6 reached the workdir but before segments.json said so
+  (the issue's one duplicated point in ten kills): the resumed run reads what the events hold."""
+  from rsam.training import writers
+  real, calls = writers.persist, []
+
+  def persist_then_crash(writer):
+    real(writer)
+    calls.append(1)
+    if len(calls) == 2:  # step 6: its events are in the workdir, segments.json not yet rewritten
+      raise RuntimeError('simulated kill between the events and segments.json')
+  workdir = tmp_path / 'run'
+  config = _config(checkpoint_every_steps=3, log_every_steps=1)
+  with monkeypatch.context() as m:
+    m.setattr(writers, 'persist', persist_then_crash)
+    with pytest.raises(RuntimeError, match='simulated kill'):
+      _train(config, workdir)
+  results = _train(config, workdir)
+  first, second = results['segments']
+  assert first['to_step'] > second['from_step'], results['segments']  # steps were redone
+  counts = _train_scalar_counts(workdir)
+  assert counts == {step: 1 for step in range(1, TOTAL_STEPS + 1)}, counts
+  assert results['eval'] == reference['results']['eval']
+  REPORT['events_before_segments'] = {'train_loss_writes_per_step': sorted(set(counts.values()))}
+
+
+def test_an_unusable_cache_folder_is_a_warning_or_one_line(tmp_path, monkeypatch, compile_cache, capfd):
+  """RSAM_CACHE_DIR under a regular file, or a read-only compilation cache: the cache is only an
+  optimisation, so the run goes on without it after a warning; a gs:// run's staging folder, which it
+  needs, is one error line naming RSAM_CACHE_DIR (it was a traceback)."""
+  from rsam.training import compilation_cache, paths
+  (tmp_path / 'a_file').write_text('')
+  under_a_file = str(tmp_path / 'a_file' / 'cache')
+  monkeypatch.setenv('RSAM_CACHE_DIR', under_a_file)
+  read_only = tmp_path / 'read_only_cache'
+  read_only.mkdir()
+  how = _make_read_only(read_only)
+  try:
+    assert compilation_cache.enable(os.path.join(under_a_file, 'jax_compilation_cache')) == ''
+    assert compilation_cache.enable(str(read_only)) == ''
+  finally:
+    _undo_read_only(read_only, how)
+    compilation_cache.enable(compile_cache)  # the module's cache again
+  err = capfd.readouterr().err
+  assert err.count('warning: the compilation cache') == 2 and 'running without it' in err, err
+  with pytest.raises(paths.StorageError) as info:
+    paths.staging_dir('gs://BUCKET/run')
+  message = str(info.value)
+  assert '\n' not in message and 'RSAM_CACHE_DIR' in message and under_a_file in message, message
+  REPORT['cache_folders'] = {'read-only compilation cache': f'warning, run goes on ({how})',
+                             'RSAM_CACHE_DIR under a file (gs:// staging)': message}
+
+
+def _make_read_only(folder):
+  if os.geteuid() == 0:  # root writes through chmod: a read-only bind mount
+    _mount('--bind', str(folder), str(folder))
+    _mount('-o', 'remount,bind,ro', str(folder))
+    return 'read-only bind mount'
+  os.chmod(folder, 0o555)
+  return 'chmod 555'
+
+
+def _undo_read_only(folder, how):
+  if how == 'read-only bind mount':
+    subprocess.run(['umount', str(folder)], check=False)
+  else:
+    os.chmod(folder, 0o755)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -452,9 +642,13 @@ def _damage_empty_folder(d):
   os.mkdir(d)
 
 
+def _damage_remove_checksums(d):
+  os.remove(os.path.join(d, 'rsam_checksums.json'))  # its siblings keep theirs: lost, not "saved before"
+
+
 DAMAGES = {'data file removed': _damage_remove_data, 'data file truncated': _damage_truncate_data,
            'tree metadata truncated': _damage_truncate_metadata, 'manifest removed': _damage_remove_manifest,
-           'checkpoint folder empty': _damage_empty_folder}
+           'checkpoint folder empty': _damage_empty_folder, 'checksum manifest removed': _damage_remove_checksums}
 
 
 @pytest.mark.parametrize('damage', list(DAMAGES))
@@ -919,13 +1113,13 @@ _BACKGROUND = {}
 def _start_background(request, cache_dir, reference, tmp_path_factory):
   """Starts _run_kill_chain and _run_command_lines, one after the other in one thread, if a selected test
   needs them."""
-  wanted = [name for name in ('kill_chain', 'command_lines')
+  wanted = [name for name in ('kill_chain', 'command_lines', 'closed_output')
             if any(name in item.fixturenames for item in request.session.items)]
   if not wanted:
     return
   dirs = {name: tmp_path_factory.mktemp(name) for name in wanted}
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='faults')
-  jobs = {'kill_chain': _run_kill_chain, 'command_lines': _run_command_lines}
+  jobs = {'kill_chain': _run_kill_chain, 'command_lines': _run_command_lines, 'closed_output': _run_closed_output}
   for name in wanted:
     _BACKGROUND[name] = pool.submit(jobs[name], cache_dir, reference, dirs[name])
   pool.shutdown(wait=False)
@@ -1018,8 +1212,8 @@ class _Process:
 
 
 def _run_kill_chain(cache_dir, reference, base):
-  """One workdir, one command: SIGTERM at a random step, SIGINT, then kill -9 three times, each one step
-  after where the process resumed (frozen the moment it reports that step, so a kill lands in the next
+  """One workdir, one command: SIGTERM at a random step, SIGINT, SIGHUP (a dropped ssh session), then kill
+  -9 three times, each one step after where the process resumed (frozen the moment it reports that step, so a kill lands in the next
   step or in the reported step's checkpoint save, wherever the process then is), then a run to the end.
   The config checkpoints every step and keeps 3."""
   del reference
@@ -1029,10 +1223,10 @@ def _run_kill_chain(cache_dir, reference, base):
   workdir = base / 'work'
   args = ['--config', str(config_file), '--workdir', str(workdir)]
   events = []
-  for i, sig in enumerate([signal.SIGTERM, signal.SIGINT] + [signal.SIGKILL] * 3 + [None]):
+  for i, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGHUP] + [signal.SIGKILL] * 3 + [None]):
     interrupted_saves = len(glob.glob(str(workdir / 'checkpoints' / '*tmp*')))
-    # SIGTERM at step 2-3; SIGINT and each kill 1 step after the step the process resumed from, so the
-    # chain always has steps left for its last kill (it lands by step 9 of 12 at the latest)
+    # SIGTERM at step 2-3; SIGINT, SIGHUP and each kill 1 step after the step the process resumed from, so
+    # the chain always has steps left for its last kill (it lands by step 10 of 12 at the latest)
     target = rng.randint(2, 3) if sig == signal.SIGTERM else '+1'
     proc = _Process(args, cache_dir, str(base), f'p{i}', signal_at=sig and (sig, target))
     start = proc.resumed_from()
@@ -1079,6 +1273,19 @@ def test_sigint_writes_a_checkpoint_of_the_current_step_and_exits_130(kill_chain
   REPORT['kill_chain']['sigint'] = {'message': lines[0], 'resumed_from': step}
 
 
+def test_sighup_writes_a_checkpoint_of_the_current_step_and_exits_129(kill_chain):
+  """The ssh session that started the run dropped: handled as SIGTERM is (it used to kill the run at once,
+  the step unsaved, the lease held)."""
+  second, third, fourth = kill_chain['events'][1:4]
+  assert third['signal'] == 'SIGHUP' and third['rc'] == 129, third
+  lines = [line for line in third['stderr'] if 'SIGHUP at step' in line]
+  assert len(lines) == 1 and 'rerun' in lines[0] and not any('Traceback' in x for x in third['stderr']), third
+  step = int(lines[0].split('SIGHUP at step ')[1].split(':')[0])
+  assert second['rc'] == 130 and step >= third['signal_after_step']
+  assert max(third['checkpoints_after']) == step and fourth['started_at_step'] == step
+  REPORT['kill_chain']['sighup'] = {'message': lines[0], 'resumed_from': step}
+
+
 def test_kill_9_at_random_steps_then_restart_ends_bit_identical(kill_chain, reference):
   kills = [e for e in kill_chain['events'] if e['signal'] == 'SIGKILL']
   assert len(kills) == 3
@@ -1090,14 +1297,55 @@ def test_kill_9_at_random_steps_then_restart_ends_bit_identical(kill_chain, refe
     results = json.load(f)
   assert results['eval'] == reference['results']['eval']
   # Every process of the chain is a segment of results.json, in order, each starting where the last stopped.
-  assert [s['ended'] for s in results['segments']] == ['SIGTERM', 'SIGINT'] + ['running'] * 3 + ['finished']
+  assert [s['ended'] for s in results['segments']] == ['SIGTERM', 'SIGINT', 'SIGHUP'] + ['running'] * 3 + [
+      'finished']
   assert [s['from_step'] for s in results['segments']] == [e['started_at_step'] for e in kill_chain['events']]
-  # No step missing from the dashboard (a kill between a step's flush and its segment update may leave one
-  # step written twice; the in-process test above checks the redone steps exactly).
-  assert sorted(_train_scalar_counts(kill_chain['workdir'])) == list(range(1, TOTAL_STEPS + 1))
+  # Every step on the dashboard exactly once, wherever the kills landed (the resumed runs read what the
+  # events already hold).
+  counts = _train_scalar_counts(kill_chain['workdir'])
+  assert counts == {step: 1 for step in range(1, TOTAL_STEPS + 1)}, counts
   leaves = _assert_states_equal(_state(kill_chain['workdir'], TOTAL_STEPS), reference['state'])
   assert not glob.glob(str(kill_chain['workdir'] / 'checkpoints' / '*tmp*'))
   REPORT['kill_chain']['state_leaves_bit_identical'] = leaves
+
+
+def _run_closed_output(cache_dir, reference, base):
+  """train.py whose stdout reader goes away after the first step line (``train.py ... | tee`` over an ssh
+  session that dropped): the run must go on to the end."""
+  del reference
+  config_file = base / 'config.py'
+  config_file.write_text(_SUBPROCESS_CONFIG)
+  workdir = base / 'work'
+  with open(base / 'stderr', 'w') as err:
+    proc = subprocess.Popen([sys.executable, 'train.py', '--config', str(config_file), '--workdir', str(workdir)],
+                            cwd=ROOT, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=err)
+  for line in proc.stdout:
+    if line.startswith(b'step '):
+      break
+  proc.stdout.close()  # the next progress line meets a closed pipe
+  try:
+    rc = proc.wait(timeout=300)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    rc = proc.wait()
+  return {'rc': rc, 'stderr': (base / 'stderr').read_text(), 'workdir': workdir}
+
+
+@pytest.fixture(scope='module')
+def closed_output(reference):
+  return _BACKGROUND['closed_output'].result(timeout=1200)
+
+
+def test_a_closed_stdout_never_stops_training(closed_output, reference):
+  err = closed_output['stderr']
+  assert closed_output['rc'] == 0, err[-3000:]
+  assert 'Traceback' not in err and 'BrokenPipe' not in err, err[-3000:]
+  assert f'step {TOTAL_STEPS}/{TOTAL_STEPS}' in err  # the progress lines went on, to stderr
+  workdir = closed_output['workdir']
+  with open(workdir / 'results.json') as f:
+    assert json.load(f)['eval'] == reference['results']['eval']
+  _assert_states_equal(_state(workdir, TOTAL_STEPS), reference['state'])
+  REPORT['closed_stdout'] = 'exit 0, progress lines continued on stderr, final state bit-identical'
 
 
 def _run_command_lines(cache_dir, reference, base):

@@ -14,6 +14,12 @@ soon as a checkpoint at or after step 4 is finished in the bucket; the same comm
 step line (a preemption); the same command again to the end, each process with its own cache folder (another
 machine). The compilation cache
 (conftest) makes the subprocesses load what the reference compiled.
+
+Faults between the run and the bucket (issue #25) go through tests/fault_proxy.py, a TCP proxy in front of
+the emulator that drops replies, resets connections, answers 503 and refuses connections for a while: one
+request through an outage (within, past the deadline, a stop signal), and a second chain of three processes
+on one workdir (lost replies, 503s, resets and a short outage waited out, then a SIGTERM during an outage;
+an outage past config.storage_retry_s; the same command to the end, bit-identical to the reference).
 """
 import collections
 import json
@@ -259,6 +265,27 @@ def test_a_different_config_on_the_same_gcs_workdir_is_refused(gcs, chain):
   assert {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, RUN + '/')} == before
 
 
+@pytest.mark.faults
+def test_checkpoints_gone_from_the_bucket_under_recorded_progress_are_refused(gcs, chain):
+  """A copy of the finished run whose checkpoints/ was deleted from the bucket (a lifecycle rule, a wrong
+  `gsutil rm -r`): the same command used to train from step 0 again beside the old records. Now one
+  `error:` line naming the step the records reached and the checkpoints' folder, exit 2, nothing written
+  to the bucket (not even the lease)."""
+  copy = 'tiny/no_checkpoints'
+  for name in gcs.objects(BUCKET, RUN + '/'):
+    if not name.startswith(f'{RUN}/checkpoints/'):
+      gcs.write(BUCKET, copy + name[len(RUN):], gcs.read(BUCKET, name))
+  before = {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, copy + '/')}
+  proc = subprocess.run(TRAIN + ['--workdir', f'gs://{BUCKET}/{copy}'], cwd=ROOT, env=chain['env'],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-3000:])
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and f'reached step {STEPS}' in errors[0], proc.stderr[-3000:]
+  assert f'gs://{BUCKET}/{copy}/checkpoints' in errors[0] and '--start_over' in errors[0], errors[0]
+  assert 'Traceback' not in proc.stderr and not proc.stdout.count('step '), proc.stdout[-2000:]
+  assert {n: gcs.read(BUCKET, n) for n in gcs.objects(BUCKET, copy + '/')} == before
+
+
 def test_damaged_newest_checkpoint_in_the_bucket_falls_back_to_the_previous_one(gcs, chain):
   """A copy of the finished run whose newest checkpoint lost its array data: the same command sets it aside
   (renamed <step>.damaged in the bucket, never deleted), resumes from the one before and ends as the
@@ -322,16 +349,20 @@ def test_readme_main_command_with_a_gcs_workdir(gcs, chain):
   assert _checkout_state() == before
 
 
-def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
+def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, compile_cache, tmp_path):
   """jax.distributed over two processes on 127.0.0.1 (2 fake CPU devices each), the state split over all
   four devices (fsdp=4, every leaf that divides): both processes write their shards of each checkpoint;
-  process 0 alone writes config.json and results.json (counted from the emulator's access log). (A
-  replicated array is written once, by the process that holds its first replica: checkpointing.py.)"""
-  from tests import test_multihost
+  process 0 alone writes config.json and results.json (counted by a fault proxy without faults: the run's
+  small files are multipart uploads, which name their object in the body, not in the emulator's access log).
+  (A replicated array is written once, by the process that holds its first replica: checkpointing.py.)"""
+  from tests import fault_proxy, test_multihost
   bucket = gcs.create_bucket('rsam-two-processes')
   workdir = f'{bucket}/run'
   port = test_multihost._free_port()  # pylint: disable=protected-access
-  env = dict(chain['env'], XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  proxy = fault_proxy.FaultProxy(gcs.url)
+  emulator = {k: v for k, v in gcs.env().items() if k in ('STORAGE_EMULATOR_HOST', 'NO_PROXY', 'no_proxy')}
+  env = dict(helpers.subprocess_env(compile_cache, **proxy.env(emulator), XDG_CACHE_HOME=str(tmp_path / 'cache')),
+             XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
   procs = []
   for i in range(2):
     log = open(tmp_path / f'process{i}.log', 'w')
@@ -354,6 +385,8 @@ def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
       log.close()
+    requests = proxy.requests()
+    proxy.stop()
   for i, (p, _) in enumerate(procs):
     assert p.returncode == 0, (tmp_path / f'process{i}.log').read_text()[-3000:]
   names = gcs.objects('rsam-two-processes', 'run/')
@@ -361,6 +394,258 @@ def test_two_processes_write_one_run_to_a_gcs_workdir(gcs, chain, tmp_path):
     for process in (0, 1):
       assert any(n.startswith(f'run/checkpoints/{step}/default/ocdbt.process_{process}/') for n in names), names
   for name in ('config.json', 'results.json'):
-    uploads = gcs.uploads('rsam-two-processes', f'run/{name}')
+    uploads = [r for r in requests if r.startswith('POST ') and r.endswith(f'(object run/{name})')]
     assert len(uploads) == 1, uploads
   assert json.loads(gcs.read('rsam-two-processes', 'run/results.json'))['hardware']['num_processes'] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The path layer's retries (rsam/training/paths.py), one request at a time: within the deadline a request
+# waits out an outage (one line), past it one StorageUnreachable, and a stop signal ends the wait early.
+
+RETRIED_WRITE = '''
+import sys, threading, time
+from rsam.training import paths
+paths.set_storage_retry(float(sys.argv[2]))
+paths.write_text(sys.argv[1] + '/before.txt', 'x')
+print('ready', flush=True)
+sys.stdin.readline()  # the outage has started
+if sys.argv[3] == 'stop':
+  threading.Timer(1.0, paths.stop_waiting).start()
+start = time.time()
+try:
+  paths.write_text(sys.argv[1] + '/during.txt', 'x')
+  print(f'written after {time.time() - start:.0f} s', flush=True)
+except paths.StorageUnreachable as e:
+  print(f'gave up after {time.time() - start:.0f} s: {e}', flush=True)
+'''
+
+
+@pytest.mark.faults
+def test_a_request_waits_out_an_outage_up_to_its_deadline(gcs):
+  from tests import fault_proxy
+  bucket = gcs.create_bucket('rsam-retries')
+  cases = {'within': (10, 30, '-'), 'past': (60, 4, '-'), 'signal': (60, 60, 'stop')}  # outage, deadline, stop
+  proxies, procs = {}, {}
+  try:
+    for name, (_, deadline, stop) in cases.items():
+      proxies[name] = fault_proxy.FaultProxy(gcs.url)
+      procs[name] = subprocess.Popen([sys.executable, '-c', RETRIED_WRITE, f'{bucket}/{name}', str(deadline), stop],
+                                     cwd=ROOT, env=dict(proxies[name].env(gcs.env()), PYTHONPATH=ROOT),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, proc in procs.items():
+      assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()[-2000:]
+      proxies[name].outage(cases[name][0])
+      proc.stdin.write('go\n')
+      proc.stdin.flush()
+    results = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
+  finally:
+    for proxy in proxies.values():
+      proxy.stop()
+  out, err = results['within']
+  assert re.fullmatch(r'written after (\d+) s\n', out) and int(out.split()[2]) >= 5, (out, err)
+  assert err.count('waiting for gs://rsam-retries: unreachable for ') == 1, err
+  assert 'gs://rsam-retries is reachable again after' in err and 'Traceback' not in err, err
+  out, err = results['past']
+  seconds = int(out.split()[3])
+  assert out.startswith('gave up after') and 4 <= seconds <= 8, (out, err)
+  assert re.search(r'gs://rsam-retries unreachable for [4-8] s', out) and 'config.storage_retry_s=4' in out, out
+  out, err = results['signal']
+  seconds = int(out.split()[3])
+  assert out.startswith('gave up after') and 'a signal asked the run to stop' in out, (out, err)
+  assert seconds <= 1 + 15 + 2, out  # STOP_GRACE_S after the signal, not the 60 s deadline
+  assert gcs.objects('rsam-retries', 'within/') == ['within/before.txt', 'within/during.txt']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The bucket under real faults (tests/fault_proxy.py between train.py and the emulator): lost replies, 503s,
+# resets and outages within config.storage_retry_s are waited out; a SIGTERM during an outage still stops
+# with 143 and says what was not saved; an outage past the deadline is one line and exit 69; the same
+# command then finishes bit-identical to the uninterrupted reference, every logged step in TensorBoard once.
+
+OUTAGES = 'rsam-outages'
+# scripts/reliability_report.py --long: outages of minutes (a real GCS outage), beside CI's seconds.
+LONG = bool(os.environ.get('RSAM_FAULTS_LONG'))
+WITHIN = (150, 300) if LONG else (8, 30)  # an outage during the run, and config.storage_retry_s
+PAST = (400, 120) if LONG else (120, 8)  # an outage, and a deadline it outlasts
+
+
+class _Run:
+  """train.py with stdout and stderr merged, read line by line; ``on(text, action)`` runs ``action`` once
+  at the first line that starts with ``text``."""
+
+  def __init__(self, command, env):
+    self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True)
+    self.watchdog = threading.Timer(600, lambda: os.killpg(self.proc.pid, signal.SIGKILL))
+    self.watchdog.start()
+    self.lines, self.actions = [], []
+
+  def on(self, text, action):
+    self.actions.append([text, action])
+    return self
+
+  def wait(self):
+    for line in self.proc.stdout:
+      self.lines.append((time.time(), line.rstrip()))
+      for pending in self.actions:
+        if pending[1] is not None and line.startswith(pending[0]):
+          pending[1](), pending.__setitem__(1, None)
+    rc = self.proc.wait()
+    self.watchdog.cancel()
+    self.text = '\n'.join(line for _, line in self.lines)
+    return rc
+
+
+def _report(key, facts):
+  """Facts for scripts/reliability_report.py (a JSON file beside the fault suite's, when it asks)."""
+  if os.environ.get('RSAM_FAULTS_REPORT'):
+    path = os.environ['RSAM_FAULTS_REPORT'] + '.gcs.json'
+    known = json.load(open(path)) if os.path.exists(path) else {}
+    known[key] = facts
+    with open(path, 'w') as f:
+      json.dump(known, f, indent=2, default=str)
+
+
+@pytest.fixture(scope='module')
+def outages(gcs, chain):
+  from tests import fault_proxy
+  gcs.create_bucket(OUTAGES)
+  proxy = fault_proxy.FaultProxy(gcs.url, seed=1)
+  env = proxy.env(chain['env'])
+  workdir = f'gs://{OUTAGES}/run'
+  command = TRAIN + ['--workdir', workdir, f'--config.log_every_steps={LOG_EVERY}', '--config.lease_timeout_s=5']
+  out = {'workdir': workdir}
+  try:
+    # 1: 5% 503s and 5% resets on every request, the replies of 30% of the lease's writes lost (a heartbeat
+    # every 0.5 s), an 8 s outage at step 6; then, at step 14, an outage that outlasts the process, and a
+    # SIGTERM 3 s into it.
+    for action, p in (('503', 0.05), ('reset', 0.05)):
+      proxy.add(action, times=-1, p=p)
+    proxy.add('drop_reply', match='uploadType=multipart', times=-1, p=0.3)
+
+    def sigterm_in_an_outage():
+      proxy.clear()
+      proxy.outage(120)
+      threading.Timer(3, lambda: out['first'].proc.send_signal(signal.SIGTERM)).start()
+    out['first'] = _Run(command + [f'--config.storage_retry_s={WITHIN[1]}'], env)
+    out['first'].on(f'step 6/{STEPS}', lambda: proxy.outage(WITHIN[0])).on(f'step 14/{STEPS}', sigterm_in_an_outage)
+    out['first_rc'] = out['first'].wait()
+    out['faults'] = proxy.events()
+    proxy.end_outage()
+    # 2: an outage past config.storage_retry_s right after its first step line.
+    out['second'] = _Run(command + [f'--config.storage_retry_s={PAST[1]}'], env).on(
+        'step ', lambda: proxy.outage(PAST[0]))
+    out['second_rc'] = out['second'].wait()
+    proxy.end_outage()
+    # 3: the same command, to the end.
+    out['third'] = _Run(command, env)
+    out['third_rc'] = out['third'].wait()
+  finally:
+    proxy.stop()
+  out['mirror'] = _download(gcs, OUTAGES, 'run', str(chain['base'] / 'outages_mirror'))
+  out['objects'] = gcs.objects(OUTAGES)
+  _report('outages', {
+      'within': WITHIN, 'past': PAST, 'faults': dict(collections.Counter(e['action'] for e in out['faults'])),
+      'rc': [out['first_rc'], out['second_rc'], out['third_rc']],
+      'lines': {name: [line for _, line in out[name].lines if line.startswith(
+          ('waiting for', 'error:', 'SIGTERM', 'resumed from', 'gs://')) or ' is reachable again' in line]
+                for name in ('first', 'second', 'third')},
+      'seconds': {name: round(out[name].lines[-1][0] - out[name].lines[0][0], 1)
+                  for name in ('first', 'second', 'third') if out[name].lines}})
+  return out
+
+
+@pytest.mark.faults
+def test_faults_within_the_deadline_are_waited_out_with_one_line(outages):
+  text = outages['first'].text
+  kinds = collections.Counter(e['action'] for e in outages['faults'])
+  assert kinds['drop_reply'] >= 3 and kinds['503'] and kinds['reset'] and kinds['outage'] == 2, kinds
+  waiting = [line for line in text.splitlines() if line.startswith('waiting for ')]
+  assert waiting and waiting[0].startswith(f'waiting for gs://{OUTAGES}: unreachable for '), text[-3000:]
+  assert f'retrying until {WITHIN[1]} s (config.storage_retry_s)' in waiting[0], waiting
+  assert f'gs://{OUTAGES} is reachable again after ' in text, text[-3000:]
+  assert 'taken over' not in text  # the heartbeats whose replies were lost recognised their own writes
+
+
+@pytest.mark.faults
+def test_sigterm_during_an_outage_exits_143_and_says_what_was_not_saved(outages):
+  text = outages['first'].text
+  assert outages['first_rc'] == 143, text[-3000:]
+  stops = [line for line in text.splitlines() if line.startswith('SIGTERM at step')]
+  assert len(stops) == 1, text[-3000:]
+  assert 'during a storage outage' in stops[0] and 'was NOT saved' in stops[0], stops
+  assert re.search(r'the newest checkpoint saved is step \d+ in gs://', stops[0]), stops
+  assert 'Traceback' not in text, text[-3000:]
+  # Within the grace after the signal (15 s) and the last backoff, not the 30 s deadline or the outage.
+  sent = next(t for t, line in outages['first'].lines if line.startswith(f'step 14/{STEPS}')) + 3
+  assert outages['first'].lines[-1][0] - sent < 25, outages['first'].lines[-5:]
+
+
+@pytest.mark.faults
+def test_an_outage_past_the_deadline_is_one_line_and_exit_69(outages):
+  text = outages['second'].text
+  assert outages['second_rc'] == 69, text[-3000:]
+  errors = [line for line in text.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and f'gs://{OUTAGES} unreachable for ' in errors[0], text[-3000:]
+  assert f'config.storage_retry_s={PAST[1]}' in errors[0] and 'rerun' in errors[0], errors
+  assert 'Traceback' not in text, text[-3000:]
+
+
+@pytest.mark.faults
+def test_after_the_outages_the_same_command_ends_bit_identical_and_nothing_is_mixed(outages, chain):
+  third = outages['third']
+  assert outages['third_rc'] == 0, third.text[-3000:]
+  _assert_same_state(_state(outages['mirror'], STEPS), _state(chain['reference'], STEPS))
+  with open(os.path.join(outages['mirror'], 'results.json')) as f:
+    results = json.load(f)
+  assert results['eval'] == chain['reference_results']['eval']
+  assert [s['ended'] for s in results['segments']][-1] == 'finished'
+  assert not [n for n in outages['objects'] if '.rsam_write_probe_' in n], outages['objects']
+  import tensorflow as tf
+  logged = collections.Counter()
+  for name in os.listdir(outages['mirror']):
+    if name.startswith('events.out.tfevents.'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(outages['mirror'], name)):
+        logged.update(event.step for v in event.summary.value if v.tag == 'train/loss')
+  assert logged == collections.Counter(range(LOG_EVERY, STEPS + 1, LOG_EVERY)), logged
+
+
+# TensorFlow's event writer meets a full disk (a real 64 KB tmpfs) under the staging folder of a gs:// run.
+FULL_STAGING = '''
+import os, sys
+import tensorflow as tf
+from rsam.training import paths
+path = os.path.join(sys.argv[2], 'events.out.tfevents.test')
+try:
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    for _ in range(64):
+      f.write(b'x' * 4096)
+      f.flush()
+except Exception as e:
+  print(paths.write_failure(e, sys.argv[1]), flush=True)
+'''
+
+
+@pytest.mark.faults
+def test_a_full_local_staging_disk_of_a_gcs_run_is_named_as_the_local_disk(gcs, tmp_path):
+  """The bucket is never "full": the message used to say `cannot write gs://BUCKET/run: no space left`."""
+  if os.geteuid() != 0:
+    pytest.skip('a small tmpfs needs root (mount)')
+  bucket = gcs.create_bucket('rsam-full-staging')
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  try:
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(disk)], check=True, capture_output=True)
+  except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    pytest.skip(f'cannot mount a tmpfs here: {e}')
+  try:
+    proc = subprocess.run([sys.executable, '-c', FULL_STAGING, f'{bucket}/run', str(disk)], cwd=ROOT,
+                          env=dict(gcs.env(), PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True,
+                          text=True, timeout=300)
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+  message = proc.stdout.strip()
+  assert 'no space left on the device' in message, (proc.stdout, proc.stderr[-2000:])
+  assert f'cannot write {bucket}/run:' not in message and "this machine's disk" in message, message
+  assert 'RSAM_CACHE_DIR' in message and 'the bucket is fine' in message, message

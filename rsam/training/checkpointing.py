@@ -12,8 +12,17 @@ Checksums: orbax keeps none, and a flipped byte inside an array's data file rest
 values. Every save writes ``<step>/rsam_checksums.json`` (sha256 of every file of the state), in orbax's
 save thread once the arrays are written and before the save is committed, so a committed checkpoint
 always has it; every restore verifies it first, and a mismatch is damage like any other (set aside, the
-one before restored). A checkpoint without one (saved by an earlier version) restores unverified, with a
-warning line.
+one before restored). A checkpoint without one while another checkpoint of the folder has one was damaged
+(the file was lost): set aside too. Only when none has one (saved by an earlier version) does it restore
+unverified, with a warning line.
+
+The run's identity: the manifest also holds the config's identity (rsam/training/config_check.py:
+``identity``, the config less its bookkeeping fields) and its sha256, so a checkpoint says which run it
+belongs to even without ``config.json``. A Checkpointer given ``identity`` refuses (``IdentityMismatch``,
+one line, never "damage") a checkpoint of another config.
+
+Outages: orbax writes arrays through tensorstore, whose retries of a gs:// request are set here to last as
+long as the path layer's deadline (rsam/training/paths.py: ``config.storage_retry_s``).
 
 Restore targets are abstract (``abstract_state``: shapes, dtypes, shardings), so a resume never computes
 an initial state only to overwrite it, and a caller chooses the shardings the state lands on. The train
@@ -50,6 +59,30 @@ class ChecksumError(Exception):
   """A checkpoint's files differ from the checksums written when it was saved: it counts as damaged."""
 
 
+class IdentityMismatch(ConfigError):
+  """A checkpoint of another config (its manifest's identity differs): refused, never set aside."""
+
+
+def _identity_digest(identity) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _tensorstore_retries(deadline_s: float) -> None:
+  """tensorstore's gs:// retries (1 s doubling to 32 s) for as long as ``deadline_s``, in every context
+  orbax builds (its module-level defaults: orbax has no public option for them)."""
+  from orbax.checkpoint._src.serialization import tensorstore_utils  # pylint: disable=g-import-not-at-top
+  retries, total, delay = 0, 0.0, 1.0
+  while total < deadline_s:
+    total, delay, retries = total + delay, min(delay * 2, 32.0), retries + 1
+  setting = {'max_retries': max(retries, 1), 'initial_delay': '1s', 'max_delay': '32s'}
+  for context in (getattr(tensorstore_utils, '_BASE_TS_CONTEXT', None),
+                  getattr(tensorstore_utils, '_DEFAULT_OCDBT_TS_CONTEXT', None)):
+    if isinstance(context, dict):
+      context['gcs_request_retries'] = setting
+
+
 def _write_one_replica_per_array() -> None:
   """orbax (on TPU and CPU) splits the saving of a replicated array across its replicas: each device
   copies a slice of it, through a jitted slice program per array shape and device, compiled on the main
@@ -74,11 +107,16 @@ _ONE_REPLICA = []
 
 class Checkpointer:
   def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, asynchronous: bool = True,
-               cleanup_tmp: bool = False):
+               cleanup_tmp: bool = False, identity: Optional[dict] = None, check_identity: bool = True):
     """``cleanup_tmp``: delete saves interrupted by a kill (they would pile up, a full checkpoint each) when
-    opening; only for the trainer, never for a reader such as eval.py that may run beside it."""
+    opening; only for the trainer, never for a reader such as eval.py that may run beside it.
+    ``identity``: the config identity written into each save's manifest and, with ``check_identity``,
+    required of each restore (None: none written, none checked)."""
     self.directory = paths.path(paths.normalize(workdir)) / 'checkpoints'
+    self.identity, self.check_identity = identity, check_identity
+    self.confirmed: Optional[int] = None  # the newest step this process saved and knows to be complete
     _write_one_replica_per_array()
+    _tensorstore_retries(paths.storage_retry_s())
     if cleanup_tmp:  # ourselves, synchronously: orbax's option leaves a thread that can outlive the process
       self._remove_interrupted_saves()
     self._asynchronous = asynchronous
@@ -125,13 +163,21 @@ class Checkpointer:
     if not (force or self.manager.should_save(step)):
       return False
     self._saving.append(step)  # before orbax starts: its callback for this save may run before save returns
+    previous = self._in_flight
     saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if previous is not None:  # orbax finished the previous save before it started this one
+      self.confirmed, self._in_flight = previous, None
     if not saved:
       self._saving.remove(step)
-    elif not self._asynchronous:  # already committed: the manifest follows (a kill between: unverified)
+    elif not self._asynchronous:  # already committed: the manifest follows (a kill between: damaged)
       self._saving.remove(step)
       self._write_manifest(self.directory / str(step))
+      self.confirmed = step
+    else:
+      self._in_flight = step
     return saved
+
+  _in_flight: Optional[int] = None  # the step of the asynchronous save under way
 
   def _on_written(self) -> None:
     """orbax's post-finalization callback: the oldest save under way has written its arrays."""
@@ -154,35 +200,82 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     names = [n for n in paths.files_under(folder) if n.startswith(ITEM + '/')]
-    paths.write_json(folder / MANIFEST, {'algorithm': 'sha256', 'files': _hash_files(folder, names)})
+    manifest = {'algorithm': 'sha256', 'files': _hash_files(folder, names)}
+    if self.identity is not None:
+      manifest.update(config=self.identity, config_sha256=_identity_digest(self.identity))
+    paths.write_json(folder / MANIFEST, manifest)
 
   def verify(self, step: int) -> bool:
     """Checks checkpoint ``step`` against its manifest: ChecksumError naming the first file that differs or
-    is missing; False (and a warning line) for a checkpoint without one (saved by an older version)."""
+    is missing, or when the manifest itself is missing while a sibling checkpoint has one; False (and a
+    warning line) when no checkpoint of the folder has one (saved by an older version); IdentityMismatch
+    for a checkpoint of another config."""
     folder = self.directory / str(step)
-    ok, message = True, ''
+    ok, message, mismatch = True, '', None
     if jax.process_index() == 0:
       try:
         manifest = paths.read_json(folder / MANIFEST)
       except FileNotFoundError:
-        ok = None
+        siblings = [s for s in self.with_manifest() if s != step]
+        ok = None if not siblings else False
+        message = (f'its {MANIFEST} is missing, while checkpoint(s) {siblings[:3]} of the same folder have '
+                   f'one: lost with other files' if siblings else '')
+      except ValueError as e:  # half a manifest: damage like any other
+        ok, message = False, f'{MANIFEST} does not parse ({paths.brief(e)})'
       else:
         try:
-          got = _hash_files(folder, list(manifest['files']))
-        except FileNotFoundError as e:
-          ok, message = False, f'{paths.brief(e)}'
-        else:
-          bad = [n for n, h in manifest['files'].items() if got[n] != h]
-          ok, message = not bad, f'{len(bad)} file(s) differ from {MANIFEST}, e.g. {bad[:1]}'
+          self._check_identity(step, manifest)
+        except IdentityMismatch as e:
+          mismatch = e
+        except ChecksumError as e:
+          ok, message = False, str(e)
+        if ok:
+          try:
+            got = _hash_files(folder, list(manifest['files']))
+          except FileNotFoundError as e:
+            ok, message = False, f'{paths.brief(e)}'
+          else:
+            bad = [n for n, h in manifest['files'].items() if got[n] != h]
+            ok, message = not bad, f'{len(bad)} file(s) differ from {MANIFEST}, e.g. {bad[:1]}'
     if jax.process_count() > 1:  # one verdict for all hosts (process 0 read the files)
-      code = multihost_utils.broadcast_one_to_all(np.int32({True: 1, False: 0, None: 2}[ok]))
-      ok = {1: True, 0: False, 2: None}[int(code)]
+      verdict = 3 if mismatch is not None else {True: 1, False: 0, None: 2}[ok]
+      code = int(multihost_utils.broadcast_one_to_all(np.int32(verdict)))
+      if code == 3 and mismatch is None:
+        mismatch = IdentityMismatch(f'checkpoint {step} in {self.directory} was saved by a run of a different '
+                                    f'config (process 0 names the fields)')
+      ok = {1: True, 0: False, 2: None, 3: True}[code]
+    if mismatch is not None:
+      raise mismatch
     if ok is False:
       raise ChecksumError(message or 'checksum mismatch')
     if ok is None:
-      print(f'warning: checkpoint {step} in {self.directory} has no {MANIFEST} (saved before checksums '
-            f'were written); restoring it unverified', flush=True)
+      print(f'warning: checkpoint {step} in {self.directory} has no {MANIFEST} (nor has any other checkpoint '
+            f'of the folder: saved before checksums were written); restoring it unverified', flush=True)
     return bool(ok)
+
+  def with_manifest(self) -> list:
+    """The finished checkpoints (steps) of the folder that hold a manifest."""
+    out = []
+    for name in paths.listdir(self.directory):
+      if name.isdigit() and paths.exists(self.directory / name / MANIFEST):
+        out.append(int(name))
+    return sorted(out)
+
+  def _check_identity(self, step: int, manifest: dict) -> None:
+    saved = manifest.get('config')
+    if saved is None:
+      return  # saved before identities were written
+    if manifest.get('config_sha256') != _identity_digest(saved):
+      raise ChecksumError(f'the config identity in {MANIFEST} differs from its checksum')
+    if self.identity is None or not self.check_identity:
+      return  # a reader (eval.py) or --force_resume: not checked
+    from rsam.training import config_check  # pylint: disable=g-import-not-at-top
+    differ = config_check.identity_diff(saved, self.identity)
+    if differ:
+      raise IdentityMismatch(
+          f'checkpoint {step} in {self.directory} was saved by a run of a different config '
+          f'({", ".join(differ[:5])} differ); use a new --workdir, or pass --force_resume to continue it '
+          f'with this config anyway')
 
   def _restore(self, step: int, target: Any) -> Any:
     self.verify(step)
@@ -199,7 +292,13 @@ class Checkpointer:
     for step in steps:
       try:
         state = self._restore(step, target)
+      except IdentityMismatch:
+        self.close()
+        raise
       except Exception as e:  # orbax raises many types for damaged files; any failure means "not intact"
+        if paths.storage_failure(e) is not None:  # an outage is not damage: nothing is set aside
+          self.close()
+          raise
         failed.append((step, e))
         _quiet_failed_restore_leftovers()
         self._reopen()
@@ -228,6 +327,9 @@ class Checkpointer:
     for candidate in [step] if step is not None else steps:
       try:
         return candidate, self._restore(candidate, target)
+      except IdentityMismatch:
+        self.close()
+        raise
       except Exception as e:  # a damaged checkpoint: try the one before when no step was asked for
         error = e
         _quiet_failed_restore_leftovers()
@@ -253,10 +355,16 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._confirm()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    self._confirm()
     self.manager.close()
+
+  def _confirm(self) -> None:
+    if self._in_flight is not None:
+      self.confirmed, self._in_flight = self._in_flight, None
 
 
 def _hash_files(folder, names) -> dict:

@@ -10,11 +10,16 @@ its compiled programs instead of compiling them again.
   'off'      no persistent cache;
   any path   that folder.
 
+A folder that cannot be created or written (a read-only disk, RSAM_CACHE_DIR under a regular file) is a
+warning line, and the run goes on without the cache: the cache only saves time.
+
 JAX caches a program only when compiling it took at least ``jax_persistent_cache_min_compile_time_secs``
 (1 s by default; the train step and the eval step, not the many tiny programs); set
 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS to change that.
 """
 import os
+import sys
+import uuid
 
 import jax
 
@@ -38,9 +43,25 @@ def enable(setting: str = '') -> str:
     folder = setting
   else:
     folder = jax.config.jax_compilation_cache_dir or os.environ.get('JAX_COMPILATION_CACHE_DIR') or default_dir()
+  if folder and not paths.is_remote(folder) and not _writable(folder):
+    folder = ''
   if folder != (jax.config.jax_compilation_cache_dir or ''):
-    if folder and not paths.is_remote(folder):
-      os.makedirs(folder, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', folder or None)
     compilation_cache.reset_cache()  # an earlier compile may have decided "no cache" for the process
   return folder
+
+
+def _writable(folder: str) -> bool:
+  """Creates ``folder`` and writes a file in it; False (and a warning line) if that fails."""
+  probe = os.path.join(folder, f'.rsam_probe_{uuid.uuid4().hex}')
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+    return True
+  except OSError as e:
+    paths.say(f'warning: the compilation cache {folder} is not writable ({paths.brief(e)}); running without '
+              f'it (every program compiles; set config.compilation_cache_dir or RSAM_CACHE_DIR to a writable '
+              f'folder)', stream=sys.stderr)
+    return False

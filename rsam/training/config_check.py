@@ -1,12 +1,10 @@
 """Config validation in one place: every bad field is a one-line ConfigError before any work starts.
 
-Also the run's identity: ``<workdir>/config.json`` is written on the first start, and a later start with
-a config that differs in anything but bookkeeping fields is refused unless forced.
+Also the run's identity (``identity``: the config less its bookkeeping fields), which the run's folder
+keeps in ``config.json`` and in every checkpoint (rsam/training/run_folder.py) and checks on every start.
 """
 import json
 import math
-import os
-import secrets
 
 import jax
 
@@ -25,7 +23,7 @@ class NonFiniteError(ConfigError):
 BOOKKEEPING = ('wandb', 'log_every_steps', 'eval_every_steps', 'eval_intervals', 'checkpoint_every_steps',
                'keep_checkpoints', 'eval_sets', 'eval_batch_size', 'distributed', 'data.data_dir', 'profile',
                'compilation_cache_dir', 'max_consecutive_skipped_steps', 'lease_timeout_s', 'mesh',
-               'shard_min_bytes')
+               'shard_min_bytes', 'storage_retry_s')
 
 _TYPES = {'seed': int, 'batch_size': int, 'grad_accum_steps': int, 'log_every_steps': int,
           'checkpoint_every_steps': int, 'keep_checkpoints': int, 'eval_batch_size': int,
@@ -61,6 +59,9 @@ def validate(config) -> None:
   if not _number(config.get('lease_timeout_s', 300.0), low=0, low_open=True):
     raise ConfigError(f'config.lease_timeout_s={config.get("lease_timeout_s")!r} must be a number of seconds '
                       f'> 0')
+  if not _number(config.get('storage_retry_s', 900.0), low=0, low_open=True):
+    raise ConfigError(f'config.storage_retry_s={config.get("storage_retry_s")!r} must be a number of seconds '
+                      f'> 0 (how long a gs:// request is retried before the run stops with exit code 69)')
   if config.model.name not in models.MODEL_NAMES:
     raise ConfigError(f"unknown model '{config.model.name}' (config.model.name); choose one of: "
                       f"{', '.join(models.MODEL_NAMES)}")
@@ -178,7 +179,8 @@ def check_batch(config, *, num_devices: int, process_count: int) -> None:
   del process_count  # a multiple of the device count is a multiple of the process count
 
 
-def _identity(config) -> dict:
+def identity(config) -> dict:
+  """The run's identity: the config as JSON less its BOOKKEEPING fields (two configs of one run agree)."""
   d = json.loads(config.to_json_best_effort())
   for path in BOOKKEEPING:
     node, *rest = path.split('.')
@@ -189,9 +191,10 @@ def _identity(config) -> dict:
   return d
 
 
-def identity(config) -> dict:
-  """What makes two configs the same run: every field but BOOKKEEPING, as a JSON-able dict."""
-  return _identity(config)
+def identity_diff(saved: dict, current: dict) -> list:
+  """The fields in which a stored identity (or a whole config.json) differs from ``current``; its own
+  bookkeeping fields, as of this version, left out. ValueError etc. if ``saved`` is not a config."""
+  return _diff(_identity_from_json(saved), current)
 
 
 def _diff(a, b, prefix=''):
@@ -204,48 +207,9 @@ def _diff(a, b, prefix=''):
   return out
 
 
-def check_workdir(config, workdir: str, *, force: bool, write: bool = True) -> None:
-  """Writes config.json on the first start; refuses a workdir that holds a different run.
-
-  Only a workdir with checkpoints holds a run: a start that failed before its first checkpoint (a config
-  error raised late, missing data, out of memory) leaves a config.json that the next start overwrites.
-  Local folders and gs:// buckets alike (rsam/training/paths.py). ``write=False``: only the check (the
-  loop runs it before taking the workdir's lease, so a refused run changes nothing there).
-  """
-  path = paths.path(workdir) / 'config.json'
-  if jax.process_index() == 0 and write:
-    paths.check_writable(workdir)
-  has_run = _has_checkpoints(workdir)
-  saved_exists = paths.exists(path)
-  if has_run and saved_exists and not force:
-    try:
-      saved = paths.read_json(path)
-    except (OSError, ValueError) as e:
-      raise ConfigError(f'{path} does not read ({type(e).__name__}); pass --force_resume to rewrite it from '
-                        f'this config and continue the run') from None
-    try:
-      differ = _diff(_identity_from_json(saved), _identity(config))
-    except (TypeError, AttributeError, KeyError, ValueError) as e:  # parses, but is not a config's shape
-      raise ConfigError(f'{path} is not a config ({type(e).__name__}: {str(e)[:80]}); pass --force_resume to '
-                        f'rewrite it from this config and continue the run') from None
-    if differ:
-      raise ConfigError(f'--workdir {workdir} holds a run of a different config ({", ".join(differ[:5])} '
-                        f'differ); use a new --workdir, or pass --force_resume to continue it anyway')
-  if write and jax.process_index() == 0 and (force or not has_run or not saved_exists):
-    try:
-      paths.write_text(path, config.to_json_best_effort(indent=2))
-    except OSError as e:
-      raise paths.StorageError(f'cannot write {path} ({paths.brief(e)}); choose a writable --workdir') from None
-
-
-def _has_checkpoints(workdir: str) -> bool:
-  """Any checkpoint folder, finished, interrupted or set aside."""
-  return any(n.split('.')[0].isdigit() for n in paths.listdir(paths.path(workdir) / 'checkpoints'))
-
-
 def _identity_from_json(saved: dict) -> dict:
   import ml_collections
-  return _identity(ml_collections.ConfigDict(saved))
+  return identity(ml_collections.ConfigDict(saved))
 
 
 def run_config(workdir: str, config=None):
@@ -269,31 +233,9 @@ def run_config(workdir: str, config=None):
   import ml_collections  # pylint: disable=g-import-not-at-top
   if config is None:
     return ml_collections.ConfigDict(saved)
-  differ = _diff(_identity_from_json(saved), _identity(config))
+  differ = _diff(_identity_from_json(saved), identity(config))
   if differ:
     raise ConfigError(f'--config does not match the run in {workdir} ({", ".join(differ[:5])} differ from '
                       f'its config.json), so it does not describe that checkpoint; drop --config to use '
                       f'the run\'s own config')
   return config
-
-
-RUN_ID_FILE = 'wandb_id'
-
-
-def run_id(config, workdir: str) -> str:
-  """The run's wandb id: drawn on the first start and stored in ``<workdir>/wandb_id``, so a resumed run
-  appends to its wandb run while a new run at the same path (the workdir deleted, or another machine) gets
-  its own. Not a hash of the path: that resumed an old, unrelated wandb run. None (and no file) when the
-  run does not log to wandb."""
-  from rsam.training import writers  # pylint: disable=g-import-not-at-top
-  if config is not None and not writers.wandb_wanted(config.get('wandb', {})):
-    return None
-  path = paths.path(workdir) / RUN_ID_FILE
-  if paths.exists(path):
-    stored = path.read_text().strip()
-    if stored:
-      return stored
-  new = secrets.token_hex(6)  # wandb ids: letters and digits, <= 64 characters
-  if jax.process_index() == 0:
-    paths.write_text(path, new + '\n')
-  return new

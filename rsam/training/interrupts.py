@@ -1,7 +1,11 @@
-"""SIGTERM (a TPU preemption) and SIGINT (Ctrl-C) during training: finish the step, save it, one line, exit.
+"""SIGTERM (a TPU preemption), SIGINT (Ctrl-C) and SIGHUP (the ssh session that started the run dropped)
+during training: finish the step, save it, one line, exit.
 
 While the loop runs, a signal only sets a flag: the loop saves the step it is at and stops
-(``Preempted``; train.py exits 143 for SIGTERM, 130 for SIGINT, the shell's 128 + signal number). After the
+(``Preempted``; train.py exits 143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP, the shell's 128 + signal
+number). The flag also tells the path layer to stop waiting out a storage outage within its grace
+(rsam/training/paths.py: ``stop_waiting``), so a signal during an outage still stops the run in time, saying
+the step was not saved. After the
 last step the handlers stay: a signal during the final checkpoint lets it complete (never half-written)
 and then stops; one during the final evaluation, which writes nothing, stops it at once
 (``raising``). Rerunning the same command resumes from the checkpoint; after the last step it only
@@ -12,7 +16,9 @@ all save the same step and stop; a signal during the final evaluation stops only
 import contextlib
 import signal
 
-EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+from rsam.training import paths
+
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGHUP: 129}
 
 
 class Preempted(Exception):
@@ -24,7 +30,7 @@ class Preempted(Exception):
 
 
 class Interrupts:
-  """Handlers for SIGTERM and SIGINT until ``restore()``; ``received`` is the first signal that came (to this
+  """Handlers for SIGTERM, SIGINT and SIGHUP until ``restore()``; ``received`` is the first signal that came (to this
   process, or on a pod to the process ``source`` names, once ``check`` agreed on it)."""
 
   def __init__(self, agree=None):
@@ -44,12 +50,14 @@ class Interrupts:
     number, process = self._agree(step, int(self.received or 0))
     if number and self.received is None:  # another process's: this one stops with it
       self.received, self.source = signal.Signals(number), process
+      paths.stop_waiting()
     return bool(number)
 
   def _handler(self, signum, frame):
     del frame
     if self.received is None:
       self.received = signal.Signals(signum)
+      paths.stop_waiting()
     if self._raise_with is not None:
       what, self._raise_with = self._raise_with, None
       raise self.stop(what)

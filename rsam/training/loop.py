@@ -11,12 +11,12 @@ import numpy as np
 
 import data
 from rsam.training import (checkpointing, compilation_cache, config_check, distributed, evaluation,
-                           interrupts, lease, paths, segments, sharding, writers)
+                           interrupts, paths, run_folder, sharding, writers)
 from rsam.training import progress as progress_lib
 from rsam.training.train_step import build, make_mesh, make_train_step
 
 
-Preempted = interrupts.Preempted  # SIGTERM or SIGINT stopped the run after saving its step
+Preempted = interrupts.Preempted  # SIGTERM, SIGINT or SIGHUP stopped the run (after saving its step)
 
 
 def hardware() -> dict:
@@ -26,20 +26,28 @@ def hardware() -> dict:
           'host': platform.machine(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__}
 
 
-def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, wandb_naming=None) -> dict:
+def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, start_over: bool = False,
+                       wandb_naming=None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and returns the results dict.
 
-  ``workdir`` is a local folder or a ``gs://`` path; every file goes through rsam/training/paths.py. The run
-  holds the workdir's lease (rsam/training/lease.py) from before its first write to its end, however it ends.
-  A write that fails for lack of space or permission is one ``paths.WriteFailed`` line (exit code 74).
+  ``workdir`` is a local folder or a ``gs://`` path. The run's folder (rsam/training/run_folder.py) owns its
+  files: it checks them, holds the lease from before the first write to the end however the run ends, and
+  keeps the records. ``force_resume``: continue a run of another config, or take over a live run's workdir
+  (it hands over first); ``start_over``: archive what the folder holds and train from step 0. A write that
+  fails for lack of space or permission is one ``paths.WriteFailed`` line (exit code 74), a bucket
+  unreachable past ``config.storage_retry_s`` one ``paths.StorageUnreachable`` line (69).
   ``wandb_naming``: the wandb run's group, name, tags and summary, from the application (writers.identity).
   """
   paths.quiet_write_failures()  # orbax's save threads would log pages of traceback for such a failure
+  opened = []
   try:
-    with contextlib.ExitStack() as cleanup:  # the lease and the checkpointer, however the run ends
-      return _train_and_evaluate(config, workdir, force_resume, cleanup, wandb_naming)
+    with contextlib.ExitStack() as cleanup:  # the folder (checkpointer, lease), however the run ends
+      return _train_and_evaluate(config, workdir, force_resume, start_over, cleanup, opened,
+                                  wandb_naming)
+  except interrupts.Preempted:  # its line says what was saved
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    failed = paths.write_failure(e, workdir)
+    failed = run_folder.failure(e, workdir, opened[0] if opened else None)
     if failed is None:
       raise
     # The failed save's tensorstore callbacks report "Event loop is closed" later, as a restore's do.
@@ -47,37 +55,33 @@ def train_and_evaluate(config, workdir: str, *, force_resume: bool = False, wand
     raise failed from None
 
 
-def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: contextlib.ExitStack,
-                        wandb_naming=None) -> dict:
+def _train_and_evaluate(config, workdir: str, force_resume: bool, start_over: bool,
+                        cleanup: contextlib.ExitStack, opened: list, wandb_naming=None) -> dict:
   start_time = time.time()
   workdir = paths.normalize(workdir)
   distributed.start(config, workdir)  # joins a pod's hosts; hosts started differently stop here, all of them
   config_check.validate(config)  # one-line errors before any device, data or compilation work
+  paths.set_storage_retry(config.get('storage_retry_s') or paths.DEFAULT_STORAGE_RETRY_S)
   compilation_cache.enable(config.get('compilation_cache_dir', ''))  # before anything compiles
   mesh = make_mesh(config)  # config.mesh: replicated state unless it has an fsdp axis > 1
   num_devices = len(mesh.devices.ravel())
   config_check.check_batch(config, num_devices=num_devices, process_count=jax.process_count())
   run = build(config, mesh)  # its ConfigErrors (e.g. an lr-tied rho on a constant lr) before any writing
-  config_check.check_workdir(config, workdir, force=force_resume, write=False)  # another run's: refused as is
-  held = lease.acquire_for_run(config, workdir, force=force_resume)  # before any write to the workdir
-  cleanup.callback(lease.release, held)
-  config_check.check_workdir(config, workdir, force=force_resume)
+  # Checked before anything is written (a refused run changes nothing), then held: the lease, config.json.
+  folder = run_folder.open(config, workdir, force_resume=force_resume, start_over=start_over)
+  opened.append(folder)
+  cleanup.callback(folder.release)  # the checkpointer closed, then the lease given back
   # Before anything compiles: a dataset that is not prepared fails here, in seconds, as a DataError.
   eval_every = evaluation.intervals(config)  # each set's own interval (rsam/training/evaluation.py)
   eval_sets = data.make_eval_sets(config.data, tuple(eval_every), global_batch_size=config.eval_batch_size)
 
   model, tx, schedule, total_steps = run.model, run.tx, run.schedule, run.total_steps
   replicated, batch_sharding = sharding.replicated(mesh), run.batch_sharding
-  ckpt = checkpointing.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
-                                    max_to_keep=config.keep_checkpoints, cleanup_tmp=True)
-  cleanup.callback(checkpointing.close_quietly, ckpt)  # after a failed save, too
   # Restored into the state's shapes and shardings (traced, not compiled): a resume never computes the
   # initial state only to overwrite it.
-  restored = ckpt.restore_latest(checkpointing.abstract_state(jax.eval_shape(run.init_state), run.state_sharding))
+  restored = folder.restore(checkpointing.abstract_state(jax.eval_shape(run.init_state), run.state_sharding))
   state = restored[1] if restored is not None else run.init_state()
   start_step = int(jax.device_get(state['step']))
-  if restored is not None:
-    print(f'resumed from step {start_step} in {workdir}', flush=True)
 
   train_step = jax.jit(make_train_step(config, model, run.updater, tx, run.num_classes),
                        in_shardings=(run.state_sharding, batch_sharding),
@@ -87,10 +91,10 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
   batches = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                      seed=config.seed, start_step=start_step)
 
-  # This process's segment of the run; its writer drops the metrics of steps an earlier segment logged.
-  segment = segments.Segments(workdir, start_step, hardware(), write=jax.process_index() == 0)
-  writer = segment.wrap(writers.make_writer(config, workdir, resume_id=config_check.run_id(config, workdir),
-                                            naming=wandb_naming))
+  # This process's segment of the run; its writer drops the metrics of steps the workdir already holds.
+  folder.begin(start_step, hardware())
+  writer = folder.writer(writers.make_writer(config, workdir, resume_id=folder.wandb_id(),
+                                             naming=wandb_naming))
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
   signals = interrupts.Interrupts(agree=distributed.agree_on_signal if jax.process_count() > 1 else None)
@@ -107,7 +111,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
         in_a_row.clear()
       return
     if config.nan_policy == 'stop':
-      ckpt.close()  # saves already started complete: the last good checkpoint is whole
+      folder.close_checkpoints()  # saves already started complete: the last good checkpoint is whole
       _stop_non_finite(*step_metrics)
     skipped.append(step_metrics[0])
     in_a_row.append(step_metrics[0])
@@ -115,7 +119,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
           f'its update was dropped (config.nan_policy=skip)', flush=True)
     limit = config.get('max_consecutive_skipped_steps', 10)
     if len(in_a_row) >= limit:  # the state no longer changes: stop as 'stop' does
-      ckpt.close()
+      folder.close_checkpoints()
       raise config_check.NonFiniteError(
           f'{len(in_a_row)} non-finite steps in a row (steps {in_a_row[0]}-{in_a_row[-1]}; '
           f'config.max_consecutive_skipped_steps={limit}): stopped; the last checkpoint is intact; lower the '
@@ -130,7 +134,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
     while step < total_steps:
       local = next(batches)
       batch = data.to_global_batch(local, batch_sharding)
-      lease.check(held)  # taken over by another run (--force_resume): stop before writing anything more
+      folder.check()  # lease lost or asked for, storage past its deadline, the folder emptied: stop here
       trace.before(step + 1)
       if step == start_step:
         meter.compiling()
@@ -153,7 +157,7 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
       # checkpointed is checked first: a resumed run must not silently skip it.
       check_finite(pending)
       pending = (step, metrics)
-      saving = ckpt.due(step)
+      saving = folder.due(step)
       if saving and config.nan_policy == 'stop':
         check_finite(pending)
       logging = step % config.log_every_steps == 0 or step == total_steps
@@ -162,38 +166,28 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
              start_time)
         window, window_steps = None, 0
       if saving:
-        paths.probe_writable(ckpt.directory)  # a read-only or unwritable folder: one line, not a hung save
-        # The metrics so far reach the workdir before the checkpoint can (gs://: copied, not only every
-        # minute): a run resumed from this checkpoint finds every step up to it on the dashboard.
-        writers.persist(writer)
+        folder.persist(writer)  # the metrics so far reach the workdir before the checkpoint can
       if logging or saving:
-        segment.update(step, logged=logging)
-      ckpt.save(step, state)
+        folder.record(step, logged=logging)
+      folder.save(step, state)
       due = evaluation.due(eval_every, step, total_steps)
       if due:
         with meter.paused():
           evaluation.write(writer, step, evaluator.run(state['params'], state['model_state'], due))
       if signals.check(step):
         check_finite(pending)
-        writers.persist(writer)
-        segment.update(step)
-        ckpt.save(step, state, force=True)
-        ckpt.close()
-        segment.update(step, ended=signals.received.name)
-        raise signals.stop(f'at step {step}: checkpoint written to {ckpt.directory}; rerun the same command '
-                           f'to resume')
+        raise signals.stop(folder.stop(step, state, writer, signals.received.name))
     check_finite(pending)
 
     # After the last step the handlers stay: the final checkpoint completes whatever comes; then a signal
     # stops the run before (or during) the final evaluation, which a rerun does from that checkpoint.
-    lease.check(held)
-    paths.probe_writable(ckpt.directory)
-    writers.persist(writer)
-    segment.update(step)
-    ckpt.save(step, state, force=True)
-    ckpt.close()
-    evaluate_later = (f'after the last step ({step}): the final checkpoint is in {ckpt.directory}; rerun the '
-                      f'same command to evaluate it')
+    folder.check()
+    folder.persist(writer)
+    folder.record(step)
+    folder.save(step, state, force=True)
+    folder.close_checkpoints()
+    evaluate_later = (f'after the last step ({step}): the final checkpoint is in {folder.checkpoints.directory}; '
+                      f'rerun the same command to evaluate it')
     if signals.check(step + 1):  # after the last step (its own key on a pod: total_steps + 1)
       raise signals.stop(evaluate_later)
     with signals.raising(evaluate_later):
@@ -201,17 +195,22 @@ def _train_and_evaluate(config, workdir: str, force_resume: bool, cleanup: conte
     evaluation.write(writer, step, eval_results)
     writers.summarize(writer, eval_results)  # wandb's summary: final/<set>/accuracy beside the paper's
     writers.persist(writer)
-    segment.update(step, ended='finished')
+    folder.record(step, ended='finished')
     # wall_time_s and hardware: this process; segments and total_wall_time_s: every process of the run.
     results = {'config': config.to_dict(), 'steps': step, 'total_steps': total_steps,
                'eval': eval_results, 'wall_time_s': time.time() - start_time,
-               'hardware': hardware(), 'skipped_steps': skipped, **segment.summary()}
-    results_path = paths.path(workdir) / 'results.json'
-    if jax.process_index() == 0:  # written whole or not at all: a kill here must not leave half a file
-      paths.write_json(results_path, results)
+               'hardware': hardware(), 'skipped_steps': skipped, **folder.segments.summary()}
+    results_path = folder.write_results(results)
     writer.close()
     print(f'done: {json.dumps(eval_results)}; results in {results_path}', flush=True)
     return results
+  except interrupts.Preempted:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # A signal came while the storage was down: the wait ended within its grace; stop as the signal says.
+    if signals.received is not None and paths.storage_failure(e) is not None:
+      raise signals.stop(folder.unsaved(step, paths.storage_failure(e))) from None
+    raise
   finally:
     signals.restore()
     trace.stop()

@@ -15,7 +15,20 @@ rsam/training/writers.py copies the files to the workdir through this layer.
 
 Writes are whole or absent: a local file is written beside its target and renamed over it; a GCS object
 appears only once its upload completes.
+
+Storage outages: every request to the bucket (gcsfs's, so every gs:// read and write of the run, orbax's
+metadata and commit files included) is retried with backoff (1 s doubling to 16 s) until it succeeds or
+``set_storage_retry(seconds)`` (``config.storage_retry_s``, 900 s by default) has passed since its first
+failure. A request that waited 5 s prints one line, ``waiting for gs://BUCKET: unreachable for 5 s ...``,
+once per outage (and one when it is reachable again); past the deadline it raises ``StorageUnreachable``
+(exit code 69, which a launcher reruns). Once a signal asks the run to stop (``stop_waiting``), every wait
+ends within ``STOP_GRACE_S`` of it, so a preempted run still stops inside the preemption's notice. What
+retries: connection refused or reset, timeouts, 5xx, 408 and 429 (gcsfs's ``is_retriable``); not 404 or
+412, which mean something. gcsfs's own six tries (about 30 s, each failure logged with a traceback) are
+replaced by this loop. orbax's array data goes through tensorstore, whose retries
+rsam/training/checkpointing.py sets to the same deadline.
 """
+import asyncio
 import errno
 import hashlib
 import json
@@ -23,6 +36,9 @@ import os
 import logging
 import re
 import socket
+import sys
+import threading
+import time
 import warnings
 from typing import Any, Iterable, List, Union
 
@@ -104,7 +120,7 @@ def write_text(p: PathLike, text: str) -> None:
   """Writes ``text`` whole or not at all (a kill never leaves half a file)."""
   target = path(p)
   if is_remote(target):
-    target.write_text(text)  # one upload: the object appears complete or not at all
+    _upload(target, text.encode())
     return
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
@@ -121,12 +137,19 @@ def write_bytes(p: PathLike, data: bytes) -> None:
   """Writes ``data`` whole or not at all (a PNG, an .npz), as ``write_text``."""
   target = path(p)
   if is_remote(target):
-    target.write_bytes(data)
+    _upload(target, data)
     return
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f'.{target.name}.tmp{os.getpid()}'
   tmp.write_bytes(data)
   os.replace(tmp, target)
+
+
+def _upload(target, data: bytes) -> None:
+  """One request (a multipart upload): the object appears complete or not at all, and a retry after a lost
+  reply writes the same bytes again (a resumable upload's session would be finished by then)."""
+  _fs(target).pipe_file(os.fspath(target), data)
+  refresh(target.parent)
 
 
 def write_json(p: PathLike, obj: Any) -> None:
@@ -219,33 +242,47 @@ def cache_dir() -> str:
 def staging_dir(workdir: PathLike) -> str:
   """The local folder where libraries that can only write locally write for ``workdir`` (wandb's files;
   TensorBoard events before they are copied): the workdir itself when it is local; for a remote one a
-  folder in the cache named after the workdir's hash, never a folder named after the bucket."""
+  folder in the cache named after the workdir's hash, never a folder named after the bucket. A cache that
+  cannot be created (RSAM_CACHE_DIR under a regular file, no permission) is one StorageError line."""
   text = normalize(workdir)
   if not is_remote(text):
     return text
-  digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-  folder = os.path.join(cache_dir(), 'staging', digest)
-  os.makedirs(folder, exist_ok=True)
+  folder = _staging_path(text)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise StorageError(f'cannot create the local staging folder {folder} of --workdir {text} ({brief(e)}); '
+                       f'point RSAM_CACHE_DIR (or XDG_CACHE_HOME) at a writable folder') from None
   return folder
 
 
+def _staging_path(remote: str) -> str:
+  return os.path.join(cache_dir(), 'staging', hashlib.sha1(remote.encode()).hexdigest()[:12])
+
+
 def check_writable(workdir: PathLike, *, what: str = '--workdir') -> None:
-  """Creates ``workdir`` if needed and proves it writable with a small probe file; a StorageError names
-  the folder (or bucket) and the cause otherwise."""
+  """Creates a local ``workdir`` if needed and proves it writable with a small probe file; for a bucket,
+  checks that it exists (its first write, the lease, proves it writable: no probe object is left in a
+  bucket by an outage). A StorageError names the folder (or bucket) and the cause otherwise."""
   text = normalize(workdir)
-  where = bucket(text) if is_remote(text) else text
+  if is_remote(text):
+    try:
+      found = _fs(text).exists(bucket(text).split('://', 1)[1])
+    except OSError:  # reading the bucket's metadata may be forbidden while writing is allowed: the lease tells
+      found = True
+    if not found:
+      raise StorageError(f'{what} {text}: {bucket(text)} does not exist; create it (gcloud storage buckets '
+                         f'create {bucket(text)}) or fix the path')
+    return
   try:
     makedirs(text)
     probe = path(text) / f'.rsam_write_probe_{os.getpid()}'
     probe.write_text('')
     probe.unlink()
   except FileNotFoundError as e:
-    raise StorageError(f'{what} {text}: {where} does not exist ({brief(e)}); create it '
-                       f'(gcloud storage buckets create {where}) or fix the path' if is_remote(text) else
-                       f'{what} {text} cannot be created ({brief(e)}); choose a writable folder') from None
+    raise StorageError(f'{what} {text} cannot be created ({brief(e)}); choose a writable folder') from None
   except (PermissionError, OSError) as e:
-    raise StorageError(f'{what} {text} is not writable ({brief(e)}); choose a writable '
-                       f'{"bucket you can write to" if is_remote(text) else "folder"}') from None
+    raise StorageError(f'{what} {text} is not writable ({brief(e)}); choose a writable folder') from None
 
 
 def brief(e: BaseException) -> str:
@@ -268,11 +305,12 @@ _CAUSE_TEXTS = [(f"[os_error_code='{code}']", cause) for code, cause in _CAUSES.
 
 
 def _chain(e: BaseException):
+  """``e`` and the exceptions it came from, as a traceback shows them (``raise ... from None`` ends it)."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     yield e
-    e = e.__cause__ or e.__context__
+    e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
 
 
 def write_failure_cause(e: BaseException):
@@ -300,6 +338,12 @@ def write_failure(e: BaseException, workdir: PathLike):
   # The coroutines of the failed save that orbax never awaited: Python warns about each at exit.
   warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
   cause, where = found
+  remote = is_remote(normalize(workdir))
+  local_disk = remote and (cause in (_CAUSES[errno.ENOSPC], _CAUSES[errno.EDQUOT]) or (
+      where is not None and not is_remote(where)))
+  if local_disk:  # a bucket is never "full": this machine's disk is, under the run's staging folder
+    where = (f'{where or _staging_path(normalize(workdir))} (this machine\'s disk, where the gs:// run stages '
+             f'its TensorBoard events: RSAM_CACHE_DIR; the bucket is fine)')
   where = where or normalize(workdir)
   checkpoint = re.match(r'(.*/checkpoints/[^/]+)', where)  # the checkpoint's folder, not a file deep inside it
   where = checkpoint.group(1) if checkpoint else where
@@ -310,14 +354,18 @@ def write_failure(e: BaseException, workdir: PathLike):
     steps = None
   kept = (f'the newest checkpoint, step {max(steps)} in {directory}, is intact' if steps else
           'no checkpoint was written yet' if steps is not None else f'nothing in {directory} was changed')
-  return WriteFailed(f'cannot write {where}: {cause}; {kept}; free space or make it writable, then rerun the '
-                     f'same command to resume')
+  fix = ('free space on this machine\'s disk or point RSAM_CACHE_DIR at a larger one' if local_disk else
+         'free space or make it writable')
+  return WriteFailed(f'cannot write {where}: {cause}; {kept}; {fix}, then rerun the same command to resume')
 
 
 def probe_writable(folder: PathLike) -> None:
-  """Writes and deletes a small file in ``folder``; an OSError naming the folder if that fails. Run before a
-  checkpoint save: a folder that became read-only fails here, not inside orbax's save threads (which then
-  wait minutes for a folder that was never created before they give up)."""
+  """Writes and deletes a small file in local ``folder``; an OSError naming the folder if that fails. Run
+  before a checkpoint save: a folder that became read-only fails here, not inside orbax's save threads
+  (which then wait minutes for a folder that was never created before they give up). A bucket is not
+  probed: its writes fail (or wait out an outage) on their own, and a probe object would outlive an outage."""
+  if is_remote(folder):
+    return
   probe = path(folder) / f'.rsam_write_probe_{socket.gethostname()}_{os.getpid()}'  # one per process of a pod
   try:
     makedirs(folder)
@@ -336,9 +384,10 @@ class _QuietWriteFailures(logging.Filter):
   the run reports the failure in one line."""
 
   def filter(self, record):
-    if record.exc_info and record.exc_info[1] is not None and write_failure_cause(record.exc_info[1]):
+    if record.exc_info and record.exc_info[1] is not None and (
+        write_failure_cause(record.exc_info[1]) or storage_failure(record.exc_info[1])):
       return False
-    return not (_FAILED_WRITE and record.levelno >= logging.ERROR and
+    return not ((_FAILED_WRITE or _RETRY.gave_up) and record.levelno >= logging.ERROR and
                 ('_SignalingThread' in str(record.msg) or 'background save thread' in str(record.msg)))
 
 
@@ -347,3 +396,181 @@ def quiet_write_failures() -> None:
   logger = logging.getLogger('absl')
   if not any(isinstance(f, _QuietWriteFailures) for f in logger.filters):
     logger.addFilter(_QuietWriteFailures())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage outages: every gcsfs request retried up to a deadline (the module docstring).
+
+DEFAULT_STORAGE_RETRY_S = 900.0
+STOP_GRACE_S = 15.0  # after a stop signal: a TPU preemption leaves about 30 s
+REPORT_AFTER_S = 5.0  # a wait this long is an outage worth a line; shorter ones (a lone 503) stay quiet
+_MAX_DELAY_S = 16.0
+
+
+class StorageUnreachable(StorageError):
+  """The bucket did not answer within ``config.storage_retry_s`` (or within STOP_GRACE_S of a stop signal):
+  exit code 69 (sysexits.h EX_UNAVAILABLE), rerun once the bucket is reachable."""
+  exit_code = 69
+
+
+class _Retry:
+  """The process's retry policy and the state of the current outage (shared by every thread)."""
+
+  def __init__(self):
+    self.deadline_s = DEFAULT_STORAGE_RETRY_S
+    self.stop_at = None  # monotonic time by which every wait ends, once a stop signal came
+    self.lock = threading.Lock()
+    self.gave_up = False  # a request ran past its deadline: threads may still wait on the storage
+    self.outage_since = None  # monotonic time of the first failure of the current outage
+    self.reported = False
+    self.where = ''
+
+  def limit(self, started: float) -> float:
+    """The monotonic time at which a request first failed at ``started`` stops waiting."""
+    end = started + self.deadline_s
+    return end if self.stop_at is None else min(end, self.stop_at)
+
+  def failed(self, where: str, e: BaseException, first_failure: float) -> None:
+    now = time.monotonic()
+    with self.lock:
+      if self.outage_since is None:
+        self.outage_since, self.reported, self.where = first_failure, False, where
+      waited = now - self.outage_since
+      if self.reported or waited < REPORT_AFTER_S:
+        return
+      self.reported = True
+    say(f'waiting for {where}: unreachable for {waited:.0f} s ({brief(e)}); retrying until '
+        f'{self.deadline_s:g} s (config.storage_retry_s)', stream=sys.stderr)
+
+  def succeeded(self) -> None:
+    if self.outage_since is None:
+      return
+    with self.lock:
+      since, reported, where = self.outage_since, self.reported, self.where
+      self.outage_since, self.reported = None, False
+    if since is not None and reported:
+      say(f'{where} is reachable again after {time.monotonic() - since:.0f} s', stream=sys.stderr)
+
+
+_RETRY = _Retry()
+
+
+def set_storage_retry(seconds: float) -> None:
+  """How long a storage request is retried from its first failure (``config.storage_retry_s``)."""
+  _RETRY.deadline_s = float(seconds)
+  _RETRY.stop_at = None
+
+
+def storage_retry_s() -> float:
+  return _RETRY.deadline_s
+
+
+def stop_waiting() -> None:
+  """A signal asked the run to stop: storage waits end within STOP_GRACE_S from now (safe in a signal
+  handler: it sets one number)."""
+  if _RETRY.stop_at is None:
+    _RETRY.stop_at = time.monotonic() + STOP_GRACE_S
+
+
+def stopping() -> bool:
+  return _RETRY.stop_at is not None
+
+
+def gave_up() -> bool:
+  """Whether a storage request of this process gave up (other threads may still wait on the storage)."""
+  return _RETRY.gave_up
+
+
+def say(text: str, stream=None) -> None:
+  """Prints a progress line; a closed output (a dropped ssh session's pipe) never stops the run."""
+  try:
+    print(text, file=stream or sys.stdout, flush=True)
+  except (BrokenPipeError, OSError, ValueError):
+    pass
+
+
+def _transient(e: BaseException) -> bool:
+  if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError, StorageUnreachable)):
+    return False
+  try:
+    from gcsfs import retry as gcsfs_retry  # pylint: disable=g-import-not-at-top
+    if gcsfs_retry.is_retriable(e):
+      return True
+  except ImportError:
+    pass
+  import aiohttp  # pylint: disable=g-import-not-at-top
+  return isinstance(e, (asyncio.TimeoutError, TimeoutError, ConnectionError, aiohttp.ClientError))
+
+
+def _bucket_of_request(args) -> str:
+  """'gs://BUCKET' of a gcsfs request (method, path, *args): 'b/{}/o/{}' with its arguments, or a URL."""
+  path = str(args[1]) if len(args) > 1 else ''
+  if path.startswith('b/{}') and len(args) > 2:
+    return f'gs://{args[2]}'
+  found = re.search(r'/b/([^/?{]+)', path)
+  return f'gs://{found.group(1)}' if found else 'the bucket'
+
+
+def _with_deadline(request):
+  """gcsfs's ``_request`` (undecorated) retried until the deadline (the module docstring)."""
+
+  async def retried(self, *args, **kwargs):
+    first_failure, delay = None, 1.0
+    while True:
+      attempt = time.monotonic()
+      try:
+        result = await request(self, *args, **kwargs)
+      except Exception as e:  # pylint: disable=broad-except
+        if not _transient(e):
+          raise
+        first_failure = attempt if first_failure is None else first_failure
+        where = _bucket_of_request(args)
+        limit = _RETRY.limit(first_failure)
+        if attempt >= limit:  # the last try began at the deadline (a late wake-up still tries once more)
+          _RETRY.gave_up = True
+          why = ('a signal asked the run to stop' if _RETRY.stop_at is not None and attempt >= _RETRY.stop_at
+                 else f'over config.storage_retry_s={_RETRY.deadline_s:g}')
+          raise StorageUnreachable(f'{where} unreachable for {time.monotonic() - first_failure:.0f} s '
+                                   f'({brief(e)}); gave up: {why}') from e
+        _RETRY.failed(where, e, first_failure)
+        wake = min(time.monotonic() + delay, limit)
+        delay = min(delay * 2, _MAX_DELAY_S)
+        while time.monotonic() < wake and (_RETRY.stop_at is None or time.monotonic() < _RETRY.stop_at):
+          await asyncio.sleep(min(0.25, max(wake - time.monotonic(), 0.0)))
+        continue
+      _RETRY.succeeded()
+      return result
+  retried.rsam_deadline = True
+  return retried
+
+
+def _install_retries() -> None:
+  # gcsfs logs each failed try with a traceback (this module reports instead), and a line at import.
+  logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
+  try:
+    import gcsfs  # pylint: disable=g-import-not-at-top
+  except ImportError:  # no gcsfs: no gs:// paths either
+    return
+  current = gcsfs.GCSFileSystem._request  # pylint: disable=protected-access
+  if getattr(current, 'rsam_deadline', False):
+    return
+  raw = getattr(current, '__wrapped__', current)  # gcsfs's retry_request decorator keeps the original
+  gcsfs.GCSFileSystem._request = _with_deadline(raw)  # pylint: disable=protected-access
+
+
+_install_retries()
+
+
+def storage_failure(e: BaseException):
+  """The StorageUnreachable behind ``e`` (it, or an exception it came from; tensorstore's and orbax's
+  errors for an unreachable bucket too), else None."""
+  for link in _chain(e):
+    if isinstance(link, StorageUnreachable):
+      return link
+  for link in _chain(e):
+    text = str(link)
+    if 'gs://' in text or 'storage.googleapis' in text or 'gcs' in text.lower():
+      if any(sign in text for sign in ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'Connection refused',
+                                       'Couldn\'t connect', 'Failed to connect', 'Connection reset')):
+        return StorageUnreachable(f'the bucket was unreachable ({brief(link)})')
+  return None

@@ -8,9 +8,12 @@
   those steps, written to ``<workdir>/plugins/profile/<time>/`` where TensorBoard's profile plugin finds it
   (``tensorboard --logdir <workdir>``, tab PROFILE). A gs:// workdir: traced into the local staging folder
   (rsam/training/paths.py) and copied to the workdir when the trace stops.
+- A closed output never stops the run (``keep_output_alive``): the launcher runs ``train.py ... | tee`` over
+  ssh, and a dropped session closes the pipe; the lines then go to stderr, or nowhere.
 """
 import contextlib
 import os
+import sys
 import time
 from typing import Optional, Tuple
 
@@ -132,7 +135,63 @@ class Trace:
         for name in files:
           source = os.path.join(folder, name)
           with open(source, 'rb') as f:
-            (paths.path(self.workdir) / os.path.relpath(source, self.local)).write_bytes(f.read())
+            paths.write_bytes(paths.path(self.workdir) / os.path.relpath(source, self.local), f.read())
     print(f'profile of steps {self.steps[0]}..{self.steps[1]} written to '
           f'{paths.path(self.workdir) / "plugins" / "profile"} (tensorboard --logdir <workdir>, tab PROFILE)',
           flush=True)
+
+
+class _Unbreakable:
+  """A text stream that writes to ``stream`` until its reader goes away (a closed pipe: EPIPE), then to
+  ``fallback`` (or nowhere). The broken file descriptor is pointed at /dev/null, so a later write by
+  anything else (a logging handler holding the old stream, C++ logs, the interpreter's flush at exit) no
+  longer fails either."""
+
+  def __init__(self, stream, fallback=None):
+    self._stream, self._fallback, self.broken = stream, fallback, False
+
+  def _broke(self) -> None:
+    self.broken = True
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, self._stream.fileno())
+      os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+      pass
+
+  def write(self, text):
+    if not self.broken:
+      try:
+        return self._stream.write(text)
+      except (BrokenPipeError, ValueError, OSError):
+        self._broke()
+    if self._fallback is not None:
+      try:
+        self._fallback.write(text)
+      except (BrokenPipeError, ValueError, OSError):
+        pass
+    return len(text)
+
+  def flush(self):
+    if not self.broken:
+      try:
+        self._stream.flush()
+      except (BrokenPipeError, ValueError, OSError):
+        self._broke()
+    if self._fallback is not None:
+      try:
+        self._fallback.flush()
+      except (BrokenPipeError, ValueError, OSError):
+        pass
+
+  def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream
+    return getattr(self._stream, name)
+
+
+def keep_output_alive() -> None:
+  """A closed stdout or stderr (``train.py ... | tee log`` over an ssh session that dropped) never stops
+  training: progress lines go on to stderr while it is open, else nowhere; never a BrokenPipeError."""
+  if isinstance(sys.stderr, _Unbreakable):
+    return
+  sys.stderr = _Unbreakable(sys.stderr)
+  sys.stdout = _Unbreakable(sys.stdout, fallback=sys.stderr)

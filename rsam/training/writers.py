@@ -6,7 +6,7 @@ config.wandb: enabled, project, entity, cell, group, name, tags, job_type, mode 
 None = env).
 
 A wandb run's identity (``identity``):
-- id: drawn once and stored in ``<workdir>/wandb_id`` (config_check.run_id); a resumed run reuses it, a new
+- id: drawn once and stored in ``<workdir>/wandb_id`` (run_folder.wandb_id); a resumed run reuses it, a new
   workdir at the same path (``rm -rf`` and rerun, another machine) starts a new wandb run.
 - group, name, the leading tags and the summary's paper numbers come from the application, which knows the
   paper's tables (train.py hands down configs/tables.py's ``wandb_naming``: the table cell of
@@ -144,7 +144,7 @@ class CopiedToWorkdir(Forwarding):
       if size is None or name in self.earlier or self._copied.get(name) == size:
         continue
       with open(source, 'rb') as f:
-        (paths.path(self.remote) / name).write_bytes(f.read())  # event files are small: whole-file copies
+        paths.write_bytes(paths.path(self.remote) / name, f.read())  # event files are small: whole-file copies
       self._copied[name] = size
     self._last = time.time()
     self.copied_to = written_to
