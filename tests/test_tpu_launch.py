@@ -612,3 +612,23 @@ def test_bad_arguments_are_one_error_line(capsys, args, message):
   assert pod.main(base + head + ['--'] + TRAIN + rest[1:]) == 2
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_status_answers_in_seconds_when_the_bucket_is_unreachable(tmp_path):
+  """`status` reads the workdir's records with a short storage deadline of its own: against a bucket that
+  refuses every connection it says so in one line, instead of waiting out a training run's
+  config.storage_retry_s (15 minutes) or printing a traceback."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:  # a port nothing listens on: every connection is refused
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{port}')
+  code = ('from scripts.tpu import pod; pod.STATUS_STORAGE_RETRY_S = 3.0; '
+          'print(pod.progress("gs://bucket/run"))')
+  started = time.time()
+  done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=240)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == 'unknown: gs://bucket/run did not answer for 3 s', done.stdout
+  assert 'Traceback' not in done.stderr
+  assert time.time() - started < 120

@@ -551,12 +551,16 @@ def _now() -> str:
 # --- status ---------------------------------------------------------------------------------------------------
 
 
+STATUS_STORAGE_RETRY_S = 30.0
+
+
 def progress(workdir: str) -> str:
   """Where the run is, from its workdir's records (rsam/training/paths.py: local or gs://)."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
   from rsam.training import paths  # pylint: disable=g-import-not-at-top  (gcsfs: only when asked)
   logging.getLogger('gcsfs').setLevel(logging.CRITICAL)  # its retries' tracebacks: the line below says it
+  paths.set_storage_retry(STATUS_STORAGE_RETRY_S)  # status answers in seconds, not after a training run's 15 min
   root = paths.path(workdir)
   try:
     if paths.exists(root / 'results.json'):
@@ -574,8 +578,10 @@ def progress(workdir: str) -> str:
     steps = []
     if paths.exists(root / 'checkpoints'):
       steps = [int(n) for n in paths.listdir(root / 'checkpoints') if n.isdigit()]
+  except paths.StorageUnreachable:
+    return f'unknown: {workdir} did not answer for {STATUS_STORAGE_RETRY_S:g} s'
   except (OSError, ValueError) as e:
-    return f'unreadable ({type(e).__name__}: {" ".join(str(e).split())[:120]})'
+    return f'unreadable ({" ".join(str(e).split())[:120] or "no reason given"})'
   of = f' of {total}' if total else ''
   saved = f'checkpoint at step {max(steps)}{of}' if steps else 'no checkpoint yet'
   return saved + (f'; records reach step {reached}' if reached is not None else '')
