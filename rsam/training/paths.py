@@ -534,7 +534,9 @@ def _with_deadline(request):
                                    f'({brief(e)}); gave up: {why}') from e
         _RETRY.failed(where, e, first_failure)
         wake = min(time.monotonic() + delay, limit)
-        delay = min(delay * 2, _MAX_DELAY_S)
+        # At least ~8 tries per deadline: after an outage ends, one unlucky try (a lone 503) must not be the
+        # last before a short deadline; a 900 s deadline keeps the 16 s cap.
+        delay = min(delay * 2, _MAX_DELAY_S, max(_RETRY.deadline_s / 8, 0.25))
         while time.monotonic() < wake and (_RETRY.stop_at is None or time.monotonic() < _RETRY.stop_at):
           await asyncio.sleep(min(0.25, max(wake - time.monotonic(), 0.0)))
         continue
