@@ -421,6 +421,30 @@ except paths.StorageUnreachable as e:
 '''
 
 
+def test_a_short_deadline_still_gets_several_tries():
+  """The backoff between tries is capped at a fraction of config.storage_retry_s: under a 2 s deadline a
+  request that keeps failing is tried at least 6 times (with the 16 s cap alone: 3, at 0, 1 and 2 s), so
+  that after a short outage one unlucky reply is not the last try before the deadline."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  from rsam.training import paths  # pylint: disable=g-import-not-at-top
+  tries = []
+
+  async def refused(self, *args, **kwargs):
+    tries.append(time.monotonic())
+    raise ConnectionRefusedError('refused')
+
+  before = paths.storage_retry_s()
+  paths.set_storage_retry(2.0)
+  try:
+    with pytest.raises(paths.StorageUnreachable, match='unreachable for 2 s'):
+      asyncio.run(paths._with_deadline(refused)(None, 'GET', 'b/{}/o', 'bucket'))  # pylint: disable=protected-access
+  finally:
+    paths.set_storage_retry(before)
+    paths._RETRY.outage_since, paths._RETRY.gave_up = None, False  # pylint: disable=protected-access
+  assert len(tries) >= 6, [round(t - tries[0], 2) for t in tries]
+  assert tries[-1] - tries[0] < 3
+
+
 @pytest.mark.faults
 def test_a_request_waits_out_an_outage_up_to_its_deadline(gcs):
   from tests import fault_proxy
